@@ -1,0 +1,53 @@
+"""Config helpers: the `${sample_dir:}` resolver and validation that runs before any work."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from recmovie.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("sample_dir"):
+        from recmovie.data.prepare import sample_dir
+
+        OmegaConf.register_new_resolver("sample_dir", lambda: str(sample_dir()))
+
+
+register_resolvers()
+
+
+def _positive_int(cfg: DictConfig, key: str) -> int:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(key, f"must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_run_config(cfg: DictConfig) -> None:
+    """Everything but the model (whose constructor checks its own values): fail before reading data."""
+    from recmovie.data.confidence import check_confidence_config
+    from recmovie.data.prepare import check_data_config
+
+    k = _positive_int(cfg, "eval.k")
+    _positive_int(cfg, "eval.chunk_size")
+    n = _positive_int(cfg, "candidates.n")
+    if n < k:
+        raise ConfigError("candidates.n", f"must be >= eval.k ({k}), got {n}")
+    check_data_config(cfg.data)
+    split = cfg.split
+    if split.name not in ("competition", "none", "given"):
+        raise ConfigError("split.name", f"unknown split {split.name!r}")
+    if split.name == "competition":
+        for key in ("n_last", "n_random"):
+            v = split[key]
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"split.{key}", f"must be an integer >= 0, got {v!r}")
+        if split.n_last + split.n_random == 0:
+            raise ConfigError("split", "n_last + n_random is 0: nothing would be hidden (use split=none)")
+    if split.name == "given" and not Path(str(split.path)).is_file():
+        raise ConfigError("split.path", f"file not found: {split.path}")
+    check_confidence_config(cfg.confidence)

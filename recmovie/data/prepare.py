@@ -1,0 +1,235 @@
+"""From the `data`, `split` and `confidence` configs to the arrays every model trains on (cached)."""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recmovie.data.cache import cache_key, load_arrays, save_arrays
+from recmovie.data.confidence import confidence_weights
+from recmovie.data.dataset import Dataset
+from recmovie.data.split import PART_NAMES, Holdout, make_split
+from recmovie.errors import ConfigError
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+FORMATS = ("competition", "movielens", "synthetic")
+SYNTHETIC_KEYS = ("n_users", "n_items", "n_interactions", "seed")
+
+
+@dataclass
+class UserBatch:
+    """Users and their training histories as CSR rows (values = confidence weights)."""
+
+    users: torch.Tensor  # int64 [B], dense user ids
+    indptr: torch.Tensor  # int64 [B + 1]
+    indices: torch.Tensor  # int64 [nnz], dense item ids
+    values: torch.Tensor  # float32 [nnz]
+    n_items: int
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def row_ids(self) -> torch.Tensor:
+        """Batch row of each stored entry."""
+        return torch.repeat_interleave(torch.arange(len(self.users)), self.indptr.diff())
+
+    def csr(self) -> torch.Tensor:
+        return torch.sparse_csr_tensor(
+            self.indptr, self.indices, self.values, size=(len(self.users), self.n_items), check_invariants=False
+        )
+
+    def dense(self) -> torch.Tensor:
+        """[B, n_items]; only ever one batch at a time."""
+        x = torch.zeros(len(self.users), self.n_items)
+        x[self.row_ids(), self.indices] = self.values
+        return x
+
+    def to(self, device) -> "UserBatch":
+        return UserBatch(self.users.to(device), self.indptr.to(device), self.indices.to(device),
+                         self.values.to(device), self.n_items)
+
+
+@dataclass
+class PreparedData:
+    """A dataset, its train/hidden split and the training rows' confidence weights."""
+
+    dataset: Dataset
+    train_mask: np.ndarray  # bool per dataset row
+    weight: np.ndarray  # float32 per training row
+    holdout: Holdout
+    fingerprint: str  # content hash of the input data
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return self.dataset.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.dataset.n_items
+
+    @cached_property
+    def train_user(self) -> np.ndarray:
+        return self.dataset.user[self.train_mask]
+
+    @cached_property
+    def train_item(self) -> np.ndarray:
+        return self.dataset.item[self.train_mask]
+
+    @cached_property
+    def train_time(self) -> np.ndarray:
+        return self.dataset.time[self.train_mask]
+
+    @cached_property
+    def train_matrix(self) -> sp.csr_matrix:
+        """users x items, values = confidence weights; rows keep the (time) order of the data."""
+        counts = np.bincount(self.train_user, minlength=self.n_users)
+        indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        return sp.csr_matrix((self.weight, self.train_item.astype(np.int32), indptr), shape=(self.n_users, self.n_items))
+
+    @cached_property
+    def item_popularity(self) -> np.ndarray:
+        """Training interactions per item."""
+        return np.bincount(self.train_item, minlength=self.n_items).astype(np.float64)
+
+    def side_matrix(self, name: str) -> sp.csr_matrix | None:
+        f = self.dataset.side.get(name)
+        return None if f is None else f.matrix(self.n_items)
+
+    def user_batch(self, users: np.ndarray) -> UserBatch:
+        users = np.asarray(users, dtype=np.int64)
+        m = self.train_matrix
+        starts, ends = m.indptr[users], m.indptr[users + 1]
+        lengths = ends - starts
+        indptr = np.r_[0, np.cumsum(lengths)]
+        # gather the rows' slices in one vectorised step
+        offsets = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+        return UserBatch(
+            users=torch.from_numpy(users),
+            indptr=torch.from_numpy(indptr.astype(np.int64)),
+            indices=torch.from_numpy(m.indices[offsets].astype(np.int64)),
+            values=torch.from_numpy(m.data[offsets].astype(np.float32)),
+            n_items=self.n_items,
+        )
+
+    def summary(self) -> dict:
+        parts = {PART_NAMES[p]: int((self.holdout.part == p).sum()) for p in np.unique(self.holdout.part)}
+        return {
+            "users": self.n_users, "items": self.n_items, "interactions": len(self.dataset),
+            "train": int(self.train_mask.sum()), "hidden": len(self.holdout), "hidden_parts": parts,
+        }
+
+
+# ------------------------------------------------------------------ reading + caching
+def sample_dir() -> Path:
+    """The bundled ml-latest-small sample, in competition format."""
+    return Path(__file__).resolve().parent.parent / "sample_data" / "ml-latest-small"
+
+
+def _reader_config(data_cfg) -> dict:
+    fmt = data_cfg.get("format")
+    if fmt not in FORMATS:
+        raise ConfigError("data.format", f"unknown format {fmt!r}; choose from {list(FORMATS)}")
+    if fmt == "synthetic":
+        return {"format": fmt, **{k: int(data_cfg[k]) for k in SYNTHETIC_KEYS}}
+    if fmt == "movielens":
+        return {"format": fmt, "min_rating": data_cfg.get("min_rating")}
+    return {"format": fmt}
+
+
+def check_data_config(data_cfg) -> None:
+    """Fail fast on wrong values, before anything is read."""
+    rc = _reader_config(data_cfg)
+    if rc["format"] == "synthetic":
+        for k in SYNTHETIC_KEYS[:3]:
+            if rc[k] < 2:
+                raise ConfigError(f"data.{k}", f"must be >= 2, got {rc[k]}")
+        if rc["n_interactions"] < rc["n_users"]:
+            raise ConfigError("data.n_interactions", "must be >= data.n_users")
+    else:
+        d = data_cfg.get("dir")
+        if d in (None, "", "???"):
+            raise ConfigError("data.dir", f"data={data_cfg.get('name')} needs the folder: data.dir=/path/to/folder")
+        if not Path(d).is_dir():
+            raise ConfigError("data.dir", f"folder not found: {d}")
+
+
+def _fingerprint(data_cfg, reader_cfg: dict) -> str:
+    from recmovie.data.readers import files_fingerprint, input_files
+
+    if reader_cfg["format"] == "synthetic":
+        return "synthetic-" + cache_key(reader_cfg)
+    return files_fingerprint(input_files(reader_cfg["format"], data_cfg.dir))
+
+
+def _read(data_cfg, reader_cfg: dict) -> Dataset:
+    from recmovie.data import readers
+
+    fmt = reader_cfg["format"]
+    if fmt == "synthetic":
+        from recmovie.data.synthetic import generate_synthetic
+
+        return generate_synthetic(**{k: reader_cfg[k] for k in SYNTHETIC_KEYS})
+    if fmt == "movielens":
+        return readers.read_movielens(data_cfg.dir, min_rating=reader_cfg["min_rating"])
+    return readers.read_competition(data_cfg.dir)
+
+
+def _plain(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+
+
+def prepare_data(data_cfg, split_cfg, confidence_cfg, cache_dir: str | Path | None) -> PreparedData:
+    """Read (or load from cache) the dataset, split it and weight the training rows.
+
+    Two cache levels: the parsed dataset (key: input content hash + reader config) and the prepared
+    split + weights (key: dataset key + split + confidence config). `cache_dir=None` disables both.
+    """
+    t0 = time.perf_counter()
+    reader_cfg = _reader_config(data_cfg)
+    fingerprint = _fingerprint(data_cfg, reader_cfg)
+    ds_key = "dataset-" + cache_key(fingerprint, reader_cfg)
+    prep_key = "prepared-" + cache_key(ds_key, _plain(split_cfg), _plain(confidence_cfg))
+    info = {"cache": "off" if cache_dir is None else "miss", "dataset_key": ds_key, "prepared_key": prep_key}
+
+    arrays = load_arrays(cache_dir, ds_key) if cache_dir is not None else None
+    if arrays is None:
+        ds = _read(data_cfg, reader_cfg)
+        if cache_dir is not None:
+            save_arrays(cache_dir, ds_key, ds.to_arrays())
+    else:
+        ds = Dataset.from_arrays(arrays)
+        info["cache"] = "dataset"
+
+    prep = load_arrays(cache_dir, prep_key) if cache_dir is not None else None
+    if prep is None:
+        train_mask, holdout = make_split(ds, split_cfg)
+        genre = ds.side.get("genre")
+        weight = confidence_weights(
+            ds.user[train_mask], ds.item[train_mask], ds.n_users, ds.n_items,
+            None if genre is None else genre.matrix(ds.n_items), confidence_cfg,
+        )
+        if cache_dir is not None:
+            save_arrays(cache_dir, prep_key, {
+                "train_mask": train_mask, "weight": weight,
+                "hidden_user": holdout.user, "hidden_item": holdout.item, "hidden_part": holdout.part,
+            })
+    else:
+        train_mask, weight = prep["train_mask"], prep["weight"]
+        holdout = Holdout(prep["hidden_user"], prep["hidden_item"], prep["hidden_part"])
+        info["cache"] = "prepared"
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    data = PreparedData(ds, train_mask, weight, holdout, fingerprint, info)
+    log.info("data ready in %.2fs (cache: %s): %s", info["seconds"], info["cache"], data.summary())
+    return data

@@ -1,0 +1,187 @@
+"""MLflow tracking: one run per training job with everything needed to reproduce and compare it.
+
+Logged per run: the git commit (+ the diff when the tree is dirty), the resolved config as params
+and as config.yaml, the Hydra overrides, a fingerprint of the input data, the sweep a job belongs
+to, metrics, and artifacts. A crash marks the run FAILED with its traceback attached.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tempfile
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOURCE_DIR = Path(__file__).resolve().parent.parent
+
+
+def resolve_tracking_uri(configured: str) -> str:
+    """MLFLOW_TRACKING_URI wins over the config, as MLflow users expect."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    return None
+
+
+def setup_mlflow(uri: str):
+    """Point MLflow at `uri` (creating the folder of a sqlite store) and return the module."""
+    import mlflow
+
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def get_experiment_id(mlflow, name: str, uri: str) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    db = _sqlite_path(uri)
+    # artifacts beside the database, so that one folder (mlruns/) holds the whole store
+    location = (db.resolve().parent / "artifacts").as_uri() if db is not None else None
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by a parallel sweep job
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_state(repo: Path = SOURCE_DIR) -> dict[str, str]:
+    """Commit, branch and dirty flag of the code's git checkout, and the diff when dirty."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20,
+                              check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "branch": "", "dirty": "unknown", "diff": ""}
+    status = git("status", "--porcelain", "--untracked-files=normal")
+    diff = ""
+    if status.strip():
+        diff = git("diff", "HEAD", "--binary")
+        untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
+        if untracked:
+            diff += "\n# untracked files (not in the diff):\n" + "\n".join(f"#   {u}" for u in untracked) + "\n"
+    branch = git("rev-parse", "--abbrev-ref", "HEAD").strip()
+    return {"commit": commit, "branch": branch, "dirty": str(bool(status.strip())).lower(), "diff": diff}
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"model.l2": "500", ...} (lists kept as their string form)."""
+    out: dict[str, str] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = str(d)
+    return out
+
+
+class Run:
+    """The active MLflow run of a job; every call is a no-op when tracking is disabled."""
+
+    def __init__(self, mlflow=None, run_id: str | None = None):
+        self.mlflow = mlflow
+        self.run_id = run_id
+
+    @property
+    def enabled(self) -> bool:
+        return self.mlflow is not None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        client = self.mlflow.MlflowClient()
+        for s in range(0, len(items), 100):
+            client.log_batch(self.run_id, params=items[s : s + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.enabled and metrics:
+            self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.enabled and tags:
+            self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        if self.enabled:
+            self.mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def local_artifact_dir(self) -> Path | None:
+        """The run's artifact folder when the store is on this machine (files can be written there
+        directly instead of being copied), else None."""
+        if not self.enabled:
+            return None
+        from urllib.parse import unquote, urlparse
+
+        uri = self.mlflow.get_artifact_uri()
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            return Path(unquote(parsed.path))
+        return None
+
+    def log_text(self, text: str, name: str) -> None:
+        if self.enabled:
+            self.mlflow.log_text(text, name)
+
+
+@contextlib.contextmanager
+def start_run(
+    uri: str, experiment: str, run_name: str, tags: dict[str, Any], enabled: bool = True
+) -> Iterator[Run]:
+    """An MLflow run around a job: FINISHED when the block ends, FAILED (+ traceback.txt) if it raises."""
+    if not enabled:
+        yield Run()
+        return
+    mlflow = setup_mlflow(uri)
+    exp_id = get_experiment_id(mlflow, experiment, uri)
+    git = git_state()
+    all_tags = {
+        "mlflow.source.git.commit": git["commit"],
+        "git_commit": git["commit"],
+        "git_branch": git["branch"],
+        "git_dirty": git["dirty"],
+        **tags,
+    }
+    active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
+    run = Run(mlflow, active.info.run_id)
+    try:
+        if git["diff"]:
+            run.log_text(git["diff"], "git_diff.patch")
+        yield run
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            run.log_text("".join(traceback.format_exception(type(e), e, e.__traceback__)), "traceback.txt")
+            run.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
+        mlflow.end_run(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def download_run_file(uri: str, run_id: str, artifact: str) -> Path:
+    """Local path of a run's artifact (downloaded when the store is remote)."""
+    mlflow = setup_mlflow(uri)
+    try:
+        mlflow.get_run(run_id)
+    except Exception as e:
+        raise LookupError(f"MLflow run {run_id!r} not found in {uri}: {e}") from None
+    dst = tempfile.mkdtemp(prefix="recmovie-")
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=dst))
