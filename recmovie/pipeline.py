@@ -60,12 +60,14 @@ def write_outputs(out_dir: Path, model: Recommender, data: PreparedData, topk: T
 def train(cfg: DictConfig) -> float | None:
     """Run one training job; returns validation Recall@k (None without a holdout) for sweepers."""
     check_run_config(cfg)
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
+    loss = cfg.loss.name if cfg.get("loss") and cfg.loss.name != "default" else None
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), loss=loss)
     out_dir = Path(cfg.paths.output_dir)
     k = int(cfg.eval.k)
     ctx = hydra_context()
     kinds = list(cfg.confidence.get("kinds") or [])
     tags = {"model": cfg.model.name, "data": cfg.data.name, "split": cfg.split.name,
+            "loss": model.params.get("loss", "none"),
             "confidence": "+".join(kinds) or "none", "output_dir": str(out_dir.resolve()), **ctx}
     resolved = OmegaConf.to_container(cfg, resolve=True)
     with start_run(resolve_tracking_uri(cfg.tracking.uri), str(cfg.tracking.experiment),

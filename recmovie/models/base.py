@@ -8,6 +8,7 @@ of EASE does not pay Lightning's import time (about 5 s on 2 cores).
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -80,14 +81,19 @@ def model_class(target: str) -> type[Recommender]:
     return cls
 
 
-def build_model(model_cfg: dict) -> Recommender:
-    """Instantiate from the `model` config group: `_target_`, `name`, then the class's keyword args."""
+def build_model(model_cfg: dict, loss: str | None = None) -> Recommender:
+    """Instantiate from the `model` config group: `_target_`, `name`, then the class's keyword args.
+    `loss` (from the `loss` group; None = the model's own default) is passed as the `loss` argument."""
     cfg = dict(model_cfg)
     target = cfg.pop("_target_", None)
-    cfg.pop("name", None)
+    name = cfg.pop("name", None)
     if not target:
         raise ConfigError("model._target_", "missing: a model config names its class in `_target_`")
     cls = model_class(target)
+    if loss is not None:
+        if "loss" not in inspect.signature(cls.__init__).parameters:
+            raise ConfigError("loss", f"model {name} has no loss to choose (got loss={loss}); leave loss=default")
+        cfg["loss"] = loss
     try:
         return cls(**cfg)
     except TypeError as e:

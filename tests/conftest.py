@@ -1,0 +1,55 @@
+"""Shared fixtures: small synthetic data written as a competition folder, and composed configs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from recmovie.config import CONF_DIR
+from recmovie.data.synthetic import generate_synthetic, write_competition_folder
+
+# small but with real structure: the models must beat popularity on it
+SMALL = dict(n_users=400, n_items=300, n_interactions=16_000, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_tracking_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def small_dataset():
+    return generate_synthetic(**SMALL)
+
+
+@pytest.fixture(scope="session")
+def small_dir(tmp_path_factory, small_dataset) -> Path:
+    folder = tmp_path_factory.mktemp("small") / "train"
+    write_competition_folder(small_dataset, folder)
+    return folder
+
+
+def make_config(tmp_path: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose a config like the command line would, with every output under tmp_path."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "out")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+        cfg.tracking.uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    return cfg
+
+
+@pytest.fixture
+def small_config(tmp_path, small_dir):
+    """make_config on the small competition folder: small_config(["model=itemknn", ...])."""
+    def _make(overrides=()):
+        return make_config(tmp_path, [f"data=competition", f"data.dir={small_dir}", *overrides])
+    return _make
+
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
