@@ -1,7 +1,7 @@
 """Write a fresh submission from a trained model, without retraining.
 
     python predict.py run_id=<mlflow run id>
-    python predict.py checkpoint=outputs/runs/<run>/model.pt [split=none] [data_dir=/path]
+    python predict.py checkpoint=path/to/model.pt [split_name=none] [data_dir=/path]
 """
 import hydra
 from omegaconf import DictConfig

@@ -142,8 +142,10 @@ def predict(cfg: DictConfig) -> Path:
     train_cfg = OmegaConf.create(ckpt["config"])
     if cfg.data_dir:
         train_cfg.data.dir = str(cfg.data_dir)
-    if cfg.split:
-        train_cfg.split = OmegaConf.create({"name": str(cfg.split)})
+    if cfg.split_name:
+        if cfg.split_name != "none" and cfg.split_name != train_cfg.split.name:
+            raise ConfigError("split_name", "only `none` (every interaction as history) or the run's own split")
+        train_cfg.split = OmegaConf.create({"name": str(cfg.split_name)})
     train_cfg.paths.cache_dir = cfg.paths.cache_dir
     model = Recommender.from_checkpoint(ckpt)
     data = load_data(train_cfg)
