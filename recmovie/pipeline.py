@@ -151,8 +151,8 @@ def predict(cfg: DictConfig) -> Path:
     data = load_data(train_cfg)
     if not np.array_equal(data.dataset.item_ids, ckpt["item_ids"]):
         raise ConfigError("data_dir", "the data's items differ from the items the model was trained on")
-    if data.n_users != ckpt["n_users"] and not model.params.get("user_independent", True):
-        raise ConfigError("data_dir", "the data's users differ from the users the model was trained on")
+    if model.per_user_state and not np.array_equal(data.dataset.user_ids, ckpt["user_ids"]):
+        raise ConfigError("data_dir", "this model holds per-user parameters; the data's users differ from its own")
     out_dir = Path(cfg.paths.output_dir)
     k = int(cfg.eval.k)
     topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size))

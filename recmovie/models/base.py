@@ -25,6 +25,8 @@ class Recommender(torch.nn.Module):
     name: ClassVar[str] = ""
     view: ClassVar[str] = "user_vectors"  # the data view it trains on
     trained: ClassVar[bool] = False  # True: fitted by a Lightning Trainer
+    per_user_state: ClassVar[bool] = False  # True: holds per-user parameters (MF), so it can only
+    # rank the users it was trained on; history-based models (EASE, autoencoders) rank anyone
 
     def __init__(self, **params: Any):
         super().__init__()
