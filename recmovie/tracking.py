@@ -11,8 +11,10 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +45,17 @@ def setup_mlflow(uri: str):
     return mlflow
 
 
-def get_experiment_id(mlflow, name: str, uri: str) -> str:
-    exp = mlflow.get_experiment_by_name(name)
+def get_experiment_id(client, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     db = _sqlite_path(uri)
     # artifacts beside the database, so that one folder (mlruns/) holds the whole store
     location = (db.resolve().parent / "artifacts").as_uri() if db is not None else None
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location)
     except Exception:  # created meanwhile by a parallel sweep job
-        exp = mlflow.get_experiment_by_name(name)
+        exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
@@ -92,15 +94,30 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
 
 
 class Run:
-    """The active MLflow run of a job; every call is a no-op when tracking is disabled."""
+    """The MLflow run of a job, opened in a background thread (importing MLflow and opening its
+    store take seconds that overlap with reading data); each call waits for it. Every call is a
+    no-op when tracking is disabled."""
 
-    def __init__(self, mlflow=None, run_id: str | None = None):
-        self.mlflow = mlflow
-        self.run_id = run_id
+    def __init__(self, pending: Future | None = None):
+        self._pending = pending
+        self._client = None
+        self._run_id: str | None = None
 
     @property
     def enabled(self) -> bool:
-        return self.mlflow is not None
+        return self._pending is not None
+
+    def _connect(self):
+        if self._client is None:
+            self._client, self._run_id = self._pending.result()
+        return self._client
+
+    @property
+    def run_id(self) -> str | None:
+        if not self.enabled:
+            return None
+        self._connect()
+        return self._run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
         if not self.enabled:
@@ -108,21 +125,33 @@ class Run:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        client = self.mlflow.MlflowClient()
         for s in range(0, len(items), 100):
-            client.log_batch(self.run_id, params=items[s : s + 100])
+            self._connect().log_batch(self._run_id, params=items[s : s + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.enabled and metrics:
-            self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        if not self.enabled or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for s in range(0, len(items), 500):
+            self._connect().log_batch(self._run_id, metrics=items[s : s + 500])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        if self.enabled and tags:
-            self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        if not self.enabled or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        self._connect().log_batch(self._run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         if self.enabled:
-            self.mlflow.log_artifact(str(path), artifact_path=folder)
+            self._connect().log_artifact(self._run_id, str(path), artifact_path=folder)
+
+    def log_text(self, text: str, name: str) -> None:
+        if self.enabled:
+            self._connect().log_text(self._run_id, text, name)
 
     def local_artifact_dir(self) -> Path | None:
         """The run's artifact folder when the store is on this machine (files can be written there
@@ -131,15 +160,28 @@ class Run:
             return None
         from urllib.parse import unquote, urlparse
 
-        uri = self.mlflow.get_artifact_uri()
-        parsed = urlparse(uri)
+        parsed = urlparse(self._connect().get_run(self._run_id).info.artifact_uri)
         if parsed.scheme in ("", "file"):
             return Path(unquote(parsed.path))
         return None
 
-    def log_text(self, text: str, name: str) -> None:
-        if self.enabled:
-            self.mlflow.log_text(text, name)
+
+def _open_run(uri: str, experiment: str, run_name: str, tags: dict[str, Any]):
+    mlflow = setup_mlflow(uri)
+    client = mlflow.MlflowClient(uri)
+    exp_id = get_experiment_id(client, experiment, uri)
+    git = git_state()
+    all_tags = {
+        "mlflow.source.git.commit": git["commit"],
+        "git_commit": git["commit"],
+        "git_branch": git["branch"],
+        "git_dirty": git["dirty"],
+        **tags,
+    }
+    run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
+    if git["diff"]:
+        client.log_text(run.info.run_id, git["diff"], "git_diff.patch")
+    return client, run.info.run_id
 
 
 @contextlib.contextmanager
@@ -150,30 +192,24 @@ def start_run(
     if not enabled:
         yield Run()
         return
-    mlflow = setup_mlflow(uri)
-    exp_id = get_experiment_id(mlflow, experiment, uri)
-    git = git_state()
-    all_tags = {
-        "mlflow.source.git.commit": git["commit"],
-        "git_commit": git["commit"],
-        "git_branch": git["branch"],
-        "git_dirty": git["dirty"],
-        **tags,
-    }
-    active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
-    run = Run(mlflow, active.info.run_id)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open")
+    run = Run(pool.submit(_open_run, uri, experiment, run_name, tags))
+    pool.shutdown(wait=False)
     try:
-        if git["diff"]:
-            run.log_text(git["diff"], "git_diff.patch")
         yield run
     except BaseException as e:
+        try:
+            client = run._connect()
+        except Exception as open_error:  # the store itself is broken: report the job's own error
+            log.warning("could not record the failure in MLflow: %s", open_error)
+            raise e from None
         with contextlib.suppress(Exception):
             run.log_text("".join(traceback.format_exception(type(e), e, e.__traceback__)), "traceback.txt")
-            run.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
-        mlflow.end_run(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            run.set_tags({"error": f"{type(e).__name__}: {e}"})
+        client.set_terminated(run.run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        run._connect().set_terminated(run.run_id, status="FINISHED")
 
 
 def download_run_file(uri: str, run_id: str, artifact: str) -> Path:

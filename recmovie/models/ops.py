@@ -14,7 +14,7 @@ from numba import njit, prange
 from recmovie.data.prepare import UserBatch
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gram_upper(indptr, indices, data, col_indptr, col_rows, col_pos, out):  # pragma: no cover - numba
     # row a of X^T X, from column b >= a: sum over users u holding a of w_ua * w_ub
     for a in prange(out.shape[0]):
@@ -27,7 +27,7 @@ def _gram_upper(indptr, indices, data, col_indptr, col_rows, col_pos, out):  # p
                 row[indices[q]] += wa * data[q]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _mirror_upper(out, block):  # pragma: no cover - numba
     n = out.shape[0]
     n_blocks = (n + block - 1) // block
