@@ -122,28 +122,31 @@ class Run:
     def log_params(self, params: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        client = self._connect()  # first: MLflow is imported by the opening thread
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for s in range(0, len(items), 100):
-            self._connect().log_batch(self._run_id, params=items[s : s + 100])
+            client.log_batch(self._run_id, params=items[s : s + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.enabled or not metrics:
             return
+        client = self._connect()
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         for s in range(0, len(items), 500):
-            self._connect().log_batch(self._run_id, metrics=items[s : s + 500])
+            client.log_batch(self._run_id, metrics=items[s : s + 500])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if not self.enabled or not tags:
             return
+        client = self._connect()
         from mlflow.entities import RunTag
 
-        self._connect().log_batch(self._run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        client.log_batch(self._run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         if self.enabled:
