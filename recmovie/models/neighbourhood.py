@@ -16,7 +16,7 @@ class ItemKNN(ItemItemModel):
 
     name = "itemknn"
 
-    def __init__(self, k: int = 100, shrink: float = 10.0):
+    def __init__(self, k: int = 200, shrink: float = 10.0):
         super().__init__(k=k, shrink=shrink)
         check(isinstance(k, int) and k >= 1, "k", f"must be an integer >= 1, got {k!r}")
         check(shrink >= 0, "shrink", f"must be >= 0, got {shrink}")

@@ -1,0 +1,91 @@
+"""Figures of the foundation issue, printed (never asserted):
+
+  quality: the foundation models' DEFAULT configs on the ml-100k black-box benchmark
+           (train.py split=none on its input/, scored by the benchmark's own scorer);
+  scale:   `train.py model=ease split=none` end to end at the competition's size (synthetic data
+           written as a competition folder), cold and warm cache: wall, peak RSS, ranking and data
+           seconds; beside it, run alternately in the same session, a plain numpy/scipy EASE.
+
+    python benchmarks/bench_foundation.py [--quality] [--scale] [--repeats 3] [--work DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from common import BENCH, REPO, median, run_measured, score, timings
+
+MODELS = ["popularity", "genre_rule", "ease", "itemknn"]
+
+
+def train_args(work: Path, name: str, data_dir: Path, *overrides: str, cache: Path | None = None) -> list[str]:
+    return [str(REPO / "train.py"), "data=competition", f"data.dir={data_dir}", "split=none", *overrides,
+            f"hydra.run.dir={work / 'runs' / name}", f"paths.cache_dir={cache or work / 'cache'}",
+            f"tracking.uri=sqlite:///{work / 'mlruns' / 'mlflow.db'}"]
+
+
+def quality(work: Path, models: list[str]) -> None:
+    print(f"\n## ml-100k benchmark ({BENCH}), default configs, split=none on input/\n")
+    print(f"| model | Recall@10 (hidden) | fit s | wall s |\n|---|---|---|---|")
+    for m in models:
+        r = run_measured(train_args(work, m, BENCH / "input", f"model={m}"), REPO, work / "logs" / f"{m}.log")
+        rec = score(work / "runs" / m / "submission.csv")
+        print(f"| {m} | {rec:.4f} | {timings(r['stdout']).get('fit_seconds', float('nan')):.2f} | {r['wall']:.1f} |", flush=True)
+
+
+def synthetic_folder(work: Path) -> Path:
+    folder = work / "synthetic-competition"
+    if not (folder / "train_ratings.csv").exists():
+        from recmovie.data.synthetic import generate_synthetic, write_competition_folder
+
+        write_competition_folder(generate_synthetic(), folder)
+    return folder
+
+
+def scale(work: Path, repeats: int) -> None:
+    folder = synthetic_folder(work)
+    rows: dict[str, list[dict]] = {"cold": [], "warm": [], "reference": []}
+    for r in range(repeats):
+        cache = work / f"cache-{r}"
+        shutil.rmtree(cache, ignore_errors=True)
+        for kind in ("cold", "warm"):
+            m = run_measured(train_args(work, f"ease-{kind}-{r}", folder, "model=ease", cache=cache), REPO,
+                             work / "logs" / f"ease-{kind}-{r}.log")
+            rows[kind].append({**m, **timings(m["stdout"])})
+        m = run_measured([str(REPO / "benchmarks" / "reference_ease.py"), str(folder), str(work / "reference.csv")],
+                         REPO, work / "logs" / f"reference-{r}.log")
+        rows["reference"].append(m)
+        print(f"repeat {r}: cold {rows['cold'][-1]['wall']:.1f}s, warm {rows['warm'][-1]['wall']:.1f}s, "
+              f"reference {m['wall']:.1f}s", flush=True)
+
+    def med(kind: str, key: str) -> float:
+        return median([x[key] for x in rows[kind]])
+
+    print(f"\n## EASE end to end at competition size ({folder.name}: 31,360 users, 6,807 items), "
+          f"medians of {repeats} alternating runs\n")
+    print("| run | wall s | peak RSS MB | data s | fit s | ranking s |\n|---|---|---|---|---|---|")
+    for kind in ("cold", "warm"):
+        print(f"| recmovie, {kind} cache | {med(kind, 'wall'):.1f} | {med(kind, 'rss_mb'):.0f} | "
+              f"{med(kind, 'data_seconds'):.2f} | {med(kind, 'fit_seconds'):.2f} | {med(kind, 'predict_seconds'):.2f} |")
+    print(f"| plain numpy/scipy EASE | {med('reference', 'wall'):.1f} | {med('reference', 'rss_mb'):.0f} | | | |")
+    print(f"\nreference / recmovie (cold) wall-time ratio: {med('reference', 'wall') / med('cold', 'wall'):.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quality", action="store_true")
+    ap.add_argument("--scale", action="store_true")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/recmovie-bench"))
+    a = ap.parse_args()
+    both = not (a.quality or a.scale)
+    if a.quality or both:
+        quality(a.work, a.models.split(","))
+    if a.scale or both:
+        scale(a.work, a.repeats)
+
+
+if __name__ == "__main__":
+    main()
