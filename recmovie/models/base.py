@@ -76,8 +76,8 @@ def model_class(target: str) -> type[Recommender]:
     module, _, name = target.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ConfigError("model._target_", f"cannot import {target!r}") from None
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError("model._target_", f"cannot import {target!r} ({type(e).__name__}: {e})") from None
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
         raise ConfigError("model._target_", f"{target!r} is not a Recommender")
     return cls
