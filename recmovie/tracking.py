@@ -94,67 +94,49 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
 
 
 class Run:
-    """The MLflow run of a job, opened in a background thread (importing MLflow and opening its
-    store take seconds that overlap with reading data); each call waits for it. Every call is a
-    no-op when tracking is disabled."""
+    """The MLflow run of a job. Opening it (importing MLflow, opening the store) and every logging
+    call run in order on one background thread, so they overlap with the job's own work; `run_id`
+    and `local_artifact_dir` wait for the opening. Every call is a no-op when tracking is disabled."""
 
-    def __init__(self, pending: Future | None = None):
-        self._pending = pending
-        self._client = None
-        self._run_id: str | None = None
+    def __init__(self, executor: ThreadPoolExecutor | None = None, opened: Future | None = None):
+        self._executor = executor
+        self._opened = opened
+        self._pending: list[Future] = []
 
     @property
     def enabled(self) -> bool:
-        return self._pending is not None
-
-    def _connect(self):
-        if self._client is None:
-            self._client, self._run_id = self._pending.result()
-        return self._client
+        return self._opened is not None
 
     @property
     def run_id(self) -> str | None:
-        if not self.enabled:
-            return None
-        self._connect()
-        return self._run_id
+        return self._opened.result()[1] if self.enabled else None
+
+    def _submit(self, fn, *args) -> None:
+        if self.enabled:
+            self._pending.append(self._executor.submit(fn, *args))
+
+    def flush(self) -> None:
+        """Wait for every queued call; raise the first one's error."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
 
     def log_params(self, params: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        client = self._connect()  # first: MLflow is imported by the opening thread
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for s in range(0, len(items), 100):
-            client.log_batch(self._run_id, params=items[s : s + 100])
+        self._submit(self._log_params, dict(params))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if not self.enabled or not metrics:
-            return
-        client = self._connect()
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        for s in range(0, len(items), 500):
-            client.log_batch(self._run_id, metrics=items[s : s + 500])
+        if metrics:
+            self._submit(self._log_metrics, {k: float(v) for k, v in metrics.items()}, step, int(time.time() * 1000))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        if not self.enabled or not tags:
-            return
-        client = self._connect()
-        from mlflow.entities import RunTag
-
-        client.log_batch(self._run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        if tags:
+            self._submit(self._set_tags, dict(tags))
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        if self.enabled:
-            self._connect().log_artifact(self._run_id, str(path), artifact_path=folder)
+        self._submit(lambda: self._opened.result()[0].log_artifact(self.run_id, str(path), artifact_path=folder))
 
     def log_text(self, text: str, name: str) -> None:
-        if self.enabled:
-            self._connect().log_text(self._run_id, text, name)
+        self._submit(lambda: self._opened.result()[0].log_text(self.run_id, text, name))
 
     def local_artifact_dir(self) -> Path | None:
         """The run's artifact folder when the store is on this machine (files can be written there
@@ -163,10 +145,34 @@ class Run:
             return None
         from urllib.parse import unquote, urlparse
 
-        parsed = urlparse(self._connect().get_run(self._run_id).info.artifact_uri)
+        client, run_id = self._opened.result()
+        parsed = urlparse(client.get_run(run_id).info.artifact_uri)
         if parsed.scheme in ("", "file"):
             return Path(unquote(parsed.path))
         return None
+
+    # -- executed on the background thread, after the opening
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        client, run_id = self._opened.result()
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for s in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[s : s + 100])
+
+    def _log_metrics(self, metrics: dict[str, float], step: int | None, timestamp: int) -> None:
+        from mlflow.entities import Metric
+
+        client, run_id = self._opened.result()
+        items = [Metric(k, v, timestamp, step or 0) for k, v in metrics.items()]
+        for s in range(0, len(items), 500):
+            client.log_batch(run_id, metrics=items[s : s + 500])
+
+    def _set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        client, run_id = self._opened.result()
+        client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
 
 def _open_run(uri: str, experiment: str, run_name: str, tags: dict[str, Any]):
@@ -195,24 +201,28 @@ def start_run(
     if not enabled:
         yield Run()
         return
-    pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open")
-    run = Run(pool.submit(_open_run, uri, experiment, run_name, tags))
-    pool.shutdown(wait=False)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow")
+    run = Run(executor, executor.submit(_open_run, uri, experiment, run_name, tags))
     try:
         yield run
+        run.flush()
     except BaseException as e:
         try:
-            client = run._connect()
+            client = run._opened.result()[0]
         except Exception as open_error:  # the store itself is broken: report the job's own error
             log.warning("could not record the failure in MLflow: %s", open_error)
             raise e from None
         with contextlib.suppress(Exception):
-            run.log_text("".join(traceback.format_exception(type(e), e, e.__traceback__)), "traceback.txt")
-            run.set_tags({"error": f"{type(e).__name__}: {e}"})
+            run.flush()
+        with contextlib.suppress(Exception):
+            client.log_text(run.run_id, "".join(traceback.format_exception(type(e), e, e.__traceback__)), "traceback.txt")
+            run._set_tags({"error": f"{type(e).__name__}: {e}"})
         client.set_terminated(run.run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     else:
-        run._connect().set_terminated(run.run_id, status="FINISHED")
+        run._opened.result()[0].set_terminated(run.run_id, status="FINISHED")
+    finally:
+        executor.shutdown(wait=True)
 
 
 def download_run_file(uri: str, run_id: str, artifact: str) -> Path:
