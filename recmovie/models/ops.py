@@ -15,9 +15,10 @@ from recmovie.data.prepare import UserBatch
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _gram_upper(indptr, indices, data, col_indptr, col_rows, col_pos, out):  # pragma: no cover - numba
+def _gram_upper(indptr, indices, data, col_indptr, col_rows, col_pos, row_order, out):  # pragma: no cover - numba
     # row a of X^T X, from column b >= a: sum over users u holding a of w_ua * w_ub
-    for a in prange(out.shape[0]):
+    for t in prange(out.shape[0]):
+        a = row_order[t]
         row = out[a]
         for p in range(col_indptr[a], col_indptr[a + 1]):
             u = col_rows[p]
@@ -50,8 +51,11 @@ def gram(x: sp.csr_matrix, dtype=np.float32) -> np.ndarray:
     pos = sp.csr_matrix((np.arange(1, x.nnz + 1, dtype=np.int64), x.indices, x.indptr), shape=x.shape).tocsc()
     col_pos = pos.data - 1
     out = np.zeros((n_items, n_items), dtype=dtype)
+    # rows in a shuffled order: the threads' static halves then get equal work even when ids
+    # follow popularity (MovieLens ids do: low ids are old, popular films)
+    row_order = np.random.default_rng(0).permutation(n_items)
     _gram_upper(x.indptr.astype(np.int64), x.indices.astype(np.int64), x.data, pos.indptr.astype(np.int64),
-                pos.indices.astype(np.int64), col_pos, out)
+                pos.indices.astype(np.int64), col_pos, row_order, out)
     _mirror_upper(out, 64)
     return out
 
