@@ -66,16 +66,22 @@ def select_runs(runs: list, per_model: str, metric: str, models=None, exclude=NO
     return sorted(runs, key=by_metric, reverse=True)
 
 
-def search_experiment(client, experiment: str, filter_string: str = "", split: str | None = None) -> list:
-    """Every FINISHED run of an experiment that matches an MLflow filter string (and split)."""
+def search_experiment(client, experiment: str, filter_string: str = "", split: str | None = None,
+                      key: str = "query") -> list:
+    """Every FINISHED run of an experiment that matches an MLflow filter string (and split); `key`
+    is the config section named in errors."""
+    prefix = f"{key}." if key else ""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise ConfigError("experiment", f"no MLflow experiment named {experiment!r}")
+        raise ConfigError(f"{prefix}experiment", f"no MLflow experiment named {experiment!r}")
     conditions = ["attributes.status = 'FINISHED'"] + ([f"tags.split = '{split}'"] if split else [])
     flt = " and ".join(conditions + ([filter_string] if filter_string else []))
     runs, token = [], None
     while True:
-        page = client.search_runs([exp.experiment_id], flt, max_results=1000, page_token=token)
+        try:
+            page = client.search_runs([exp.experiment_id], flt, max_results=1000, page_token=token)
+        except Exception as e:  # MLflow's parser: "Invalid clause(s) in filter string ..."
+            raise ConfigError(f"{prefix}filter", f"MLflow cannot search with {flt!r}: {e}") from None
         runs += list(page)
         token = page.token
         if not token:

@@ -125,7 +125,7 @@ def write_report(cfg: DictConfig) -> Path:
     k = int(cfg.k)
     uri = resolve_tracking_uri(cfg.tracking.uri)
     client = setup_mlflow(uri).MlflowClient()
-    runs = select_runs(search_experiment(client, str(cfg.experiment), str(cfg.filter or ""), cfg.split),
+    runs = select_runs(search_experiment(client, str(cfg.experiment), str(cfg.filter or ""), cfg.split, key=""),
                        str(cfg.per_model), str(cfg.metric), cfg.models, exclude=("report",))
     if not runs:
         raise ConfigError("filter", f"no finished runs in experiment {cfg.experiment!r} match")
