@@ -2,7 +2,7 @@
 the artifacts of a `report` run in the same experiment.
 
     python -m recmovie.report experiment=competition
-    python -m recmovie.report experiment=competition split=competition per_model=all
+    python -m recmovie.report experiment=competition split_name=competition per_model=all
     python -m recmovie.report experiment=competition filter="\"metrics.fit_seconds < 60\""
 
 Hydra, like train.py / ensemble.py: the same key=value syntax and the same tracking config
@@ -125,8 +125,8 @@ def write_report(cfg: DictConfig) -> Path:
     k = int(cfg.k)
     uri = resolve_tracking_uri(cfg.tracking.uri)
     client = setup_mlflow(uri).MlflowClient()
-    runs = select_runs(search_experiment(client, str(cfg.experiment), str(cfg.filter or ""), cfg.split, key=""),
-                       str(cfg.per_model), str(cfg.metric), cfg.models, exclude=("report",))
+    found = search_experiment(client, str(cfg.experiment), str(cfg.filter or ""), cfg.split_name, key="")
+    runs = select_runs(found, str(cfg.per_model), str(cfg.metric), cfg.models, exclude=("report",))
     if not runs:
         raise ConfigError("filter", f"no finished runs in experiment {cfg.experiment!r} match")
     df = comparison_table(runs, k)
@@ -135,7 +135,7 @@ def write_report(cfg: DictConfig) -> Path:
     df.to_csv(out / "report.csv", index=False)
     bars = plot_recall(df, k, out / "recall_by_model.png")
     curves = plot_curves(client, df, k, out / "validation_curves.png")
-    where = [f"split {cfg.split}"] * bool(cfg.split) + [f"`{cfg.filter}`"] * bool(cfg.filter)
+    where = [f"split {cfg.split_name}"] * bool(cfg.split_name) + [f"`{cfg.filter}`"] * bool(cfg.filter)
     title = f"# Runs of experiment `{cfg.experiment}`" + (" where " + " and ".join(where) if where else "")
     notes = [f"{len(df)} run(s), {cfg.per_model} per model by {cfg.metric}."]
     notes.append(f"![Recall@{k}](recall_by_model.png)" if bars else "No run has holdout metrics (split=none): no bar chart.")
@@ -144,7 +144,7 @@ def write_report(cfg: DictConfig) -> Path:
     (out / "report.md").write_text(title + "\n\n" + to_markdown(df) + "\n" + "\n\n".join(notes) + "\n")
 
     with start_run(uri, str(cfg.experiment), "report", {"model": "report", "filter": cfg.filter or "",
-                                                         "split": cfg.split or ""},
+                                                         "report_split": cfg.split_name or ""},
                    cfg.tracking.enabled) as run:
         for name in ("report.md", "report.csv", "recall_by_model.png", "validation_curves.png"):
             if (out / name).exists():

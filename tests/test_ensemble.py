@@ -1,6 +1,9 @@
 """Ensembles: fusion rules on hand-made lists, weights, run selection, and runs end to end through MLflow."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import mlflow
@@ -18,7 +21,7 @@ from recmovie.ensemble import (
 from recmovie.errors import ConfigError
 from recmovie.pipeline import train
 from recmovie.report import write_report
-from tests.conftest import make_config
+from tests.conftest import REPO, make_config
 
 
 def tiny_data(seen: dict[int, list[int]], n_items: int = 8) -> PreparedData:
@@ -254,3 +257,20 @@ def test_members_with_other_splits_are_refused_naming_them(members, tmp_path):
     cfg = ensemble_config(tmp_path, members, [f"runs=[{b},{a}]", "search.method=grid"])
     with pytest.raises(ConfigError, match="different data or splits"):
         run_ensemble(cfg)
+
+
+@pytest.mark.slow
+def test_command_lines(members, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": members.cfg.tracking.uri}
+    a, b = members.ids["ease"], members.ids["popularity"]
+    common = [f"paths.cache_dir={members.cfg.paths.cache_dir}"]
+    out = subprocess.run([sys.executable, "ensemble.py", f"runs=[{a},{b}]", "method=rrf", "top_n=15",
+                          f"hydra.run.dir={tmp_path / 'ens'}", *common],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ensemble rrf of 2 runs" in out.stdout and (tmp_path / "ens" / "submission.csv").exists()
+    out = subprocess.run([sys.executable, "-m", "recmovie.report", f"experiment={members.experiment}",
+                          "split_name=competition", "per_model=all", f"hydra.run.dir={tmp_path / 'rep'}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "report:" in out.stdout and (tmp_path / "rep" / "recall_by_model.png").exists()
