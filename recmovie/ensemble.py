@@ -169,6 +169,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("method", f"unknown method {cfg.method!r}; choose from {list(METHODS)}")
     if not isinstance(cfg.top_n, int) or cfg.top_n < k:
         raise ConfigError("top_n", f"must be an integer >= eval.k ({k}), got {cfg.top_n!r}")
+    n = cfg.candidates.n
+    if not isinstance(n, int) or n < k:
+        raise ConfigError("candidates.n", f"must be an integer >= eval.k ({k}), got {n!r}")
     if not isinstance(cfg.rrf_k, (int, float)) or cfg.rrf_k < 0:
         raise ConfigError("rrf_k", f"must be a number >= 0, got {cfg.rrf_k!r}")
     if not cfg.runs and not cfg.query.experiment:
@@ -346,6 +349,9 @@ def run_ensemble(cfg: DictConfig) -> float | None:
     client = setup_mlflow(uri).MlflowClient()
     members = find_members(client, cfg)
     check_members(members, top_n)
+    if cfg.search.method is not None and members[0].data.params.get("split.name") == "none":
+        raise ConfigError("search.method", "weights are searched on a holdout, but the members were trained "
+                          "with split=none: search on runs with split=competition, then pass their weights")
     weights = member_weights(cfg.weights, members) if cfg.search.method is None else None
     base = members[0]
     with tempfile.TemporaryDirectory(prefix="recmovie-ensemble-") as tmp:
@@ -357,10 +363,6 @@ def run_ensemble(cfg: DictConfig) -> float | None:
                             f"the data changed since run {base.info.run_id} was trained (fingerprint differs)")
         lists = [read_candidates(_artifact(uri, r, "candidates.csv", tmp), data, top_n, f"run {r.info.run_id}")
                  for r in members]
-    if cfg.search.method is not None and len(data.holdout) == 0:
-        raise ConfigError("search.method", "weights are searched on a holdout, but the members were trained "
-                          "with split=none: search on runs with split=competition, then pass their weights")
-
     t0 = time.perf_counter()
     pool = build_pool(lists, data.n_items, top_n)
     search = {}

@@ -146,20 +146,21 @@ def test_members_on_other_data_or_splits_or_too_few_candidates_are_refused():
 # ------------------------------------------------------------------ through MLflow
 @pytest.fixture(scope="module")
 def members(tmp_path_factory, small_dir):
-    """ease, itemknn, popularity (split=competition) and genre_rule (split=none) trained on the small
-    data into one tracking store, shared by the tests below (a new sqlite store costs seconds)."""
+    """ease, itemknn, popularity (split=competition), genre_rule and popularity (split=none) trained on
+    the small data into one tracking store, shared by the tests below (a new sqlite store costs seconds)."""
     root = tmp_path_factory.mktemp("members")
     ids = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        for name, overrides in [("ease", ["model.l2=50"]), ("itemknn", []), ("popularity", []),
-                                ("genre_rule", ["split=none"])]:
-            cfg = make_config(root, ["data=competition", f"data.dir={small_dir}", f"model={name}", *overrides])
+        for key, overrides in [("ease", ["model.l2=50"]), ("itemknn", []), ("popularity", []),
+                               ("genre_rule", ["split=none"]), ("popularity-none", ["split=none"])]:
+            model = key.split("-")[0]
+            cfg = make_config(root, ["data=competition", f"data.dir={small_dir}", f"model={model}", *overrides])
             with open_dict(cfg):
-                cfg.paths.output_dir = str(root / f"out-{name}")
+                cfg.paths.output_dir = str(root / f"out-{key}")
             train(cfg)
             mlflow.set_tracking_uri(cfg.tracking.uri)
-            ids[name] = mlflow.search_runs(search_all_experiments=True, output_format="list",
+            ids[key] = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                            order_by=["attributes.start_time DESC"])[0].info.run_id
     return SimpleNamespace(cfg=cfg, ids=ids, root=root, experiment=str(cfg.data.name))
 
@@ -249,6 +250,16 @@ def test_weight_search_query_selection_and_report(members, tmp_path):
     assert {a.path for a in client.list_artifacts(rrun.info.run_id, "report")} >= {"report/report.md", "report/report.csv"}
 
 
+def test_split_none_members_make_a_submission_without_metrics(members, tmp_path):
+    runs = f"runs=[{members.ids['genre_rule']},{members.ids['popularity-none']}]"
+    cfg = ensemble_config(tmp_path, members, [runs])
+    assert run_ensemble(cfg) is None
+    sub = pd.read_csv(f"{cfg.paths.output_dir}/submission.csv")
+    assert len(sub) == 10 * sub["user"].nunique()
+    with pytest.raises(ConfigError, match="`search.method`.*split=none"):
+        run_ensemble(ensemble_config(tmp_path, members, [runs, "search.method=grid"]))
+
+
 def test_members_with_other_splits_are_refused_naming_them(members, tmp_path):
     a, b = members.ids["popularity"], members.ids["genre_rule"]
     cfg = ensemble_config(tmp_path, members, [f"runs=[{a},{b}]"])
@@ -257,6 +268,11 @@ def test_members_with_other_splits_are_refused_naming_them(members, tmp_path):
     cfg = ensemble_config(tmp_path, members, [f"runs=[{b},{a}]", "search.method=grid"])
     with pytest.raises(ConfigError, match="different data or splits"):
         run_ensemble(cfg)
+    for bad, key in [("method=vote", "method"), ("top_n=5", "top_n"), ("candidates.n=5", "candidates.n"),
+                     ("search.method=random", "search.method"), ("search.method=grid search.grid=[0]", "search.grid"),
+                     ("query.per_model=worst", "query.per_model")]:
+        with pytest.raises(ConfigError, match=f"`{key}`"):
+            run_ensemble(ensemble_config(tmp_path, members, [f"runs=[{a},{members.ids['ease']}]", *bad.split()]))
 
 
 @pytest.mark.slow
