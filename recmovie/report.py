@@ -33,7 +33,8 @@ def key_params(run) -> str:
     parts = [f"{k[len('model.'):]}={v}" for k, v in sorted(params.items())
              if k.startswith("model.") and k not in SKIPPED_PARAMS]
     tags = run.data.tags
-    parts += [f"{name}={tags[name]}" for name in ("confidence", "loss") if tags.get(name, "none") not in ("none", "")]
+    parts += [f"{name}={tags[name]}" for name in ("confidence", "loss")
+              if tags.get(name, "none") not in ("none", "") and f"model.{name}" not in params]
     return ", ".join(parts)
 
 
