@@ -225,12 +225,12 @@ def start_run(
         executor.shutdown(wait=True)
 
 
-def download_run_file(uri: str, run_id: str, artifact: str) -> Path:
-    """Local path of a run's artifact (downloaded when the store is remote)."""
+def download_run_file(uri: str, run_id: str, artifact: str, dst: str | Path | None = None) -> Path:
+    """Local path of a run's artifact, copied into `dst` (default: a new temporary folder)."""
     mlflow = setup_mlflow(uri)
     try:
         mlflow.get_run(run_id)
     except Exception as e:
         raise LookupError(f"MLflow run {run_id!r} not found in {uri}: {e}") from None
-    dst = tempfile.mkdtemp(prefix="recmovie-")
+    dst = str(dst) if dst is not None else tempfile.mkdtemp(prefix="recmovie-")
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=dst))
