@@ -43,7 +43,7 @@ def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> f
         return found["best_score"] if len(data.holdout) else None
     probe = copy.deepcopy(model)  # same initial weights as the final model
     found = fit_lightning(probe, load_data(cfg, cfg.refit.split), cfg, run)
-    epochs = found["best_epoch"] + 1
+    epochs = max(found["best_epoch"] + 1, 1)
     log.info("refit: the holdout's best epoch is %d; training on everything for %d epochs", found["best_epoch"], epochs)
     run.log_metrics({"refit_epochs": epochs})
     fit_lightning(model, data, cfg, run, max_epochs=epochs, prefix="refit_")

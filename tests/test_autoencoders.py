@@ -23,7 +23,16 @@ from recmovie.tracking import Run
 
 MODELS = ["ae", "dae", "vae", "multidae", "multivae", "recvae"]
 # a few steps on 400 users: small batches so that an epoch is several updates
-FAST = ["model.batch_size=64", "model.patience=3", "model.lr=0.003"]
+FAST = ["model.batch_size=32", "model.lr=0.01", "model.patience=3"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # these models are small: a second thread only waits on a busy machine (CI shares its cores)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -40,22 +49,25 @@ def fit(cfg) -> tuple[Recommender, dict]:
     torch.manual_seed(int(cfg.seed))
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
     model.build(data.n_users, data.n_items)
-    fit_lightning(model, data, cfg, Run())
+    found = fit_lightning(model, data, cfg, Run())
     top = rank(model, data, k=10)
-    return model, evaluate(top.items, top.users, data.holdout, data.n_users, 10)
+    metrics = evaluate(top.items, top.users, data.holdout, data.n_users, 10)
+    # the restored weights are those of the best validation epoch
+    assert metrics["recall_at_10"] == pytest.approx(found["best_score"])
+    return model, metrics
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_each_model_trains_and_beats_popularity(small_cfg, name):
-    epochs = 4 if name == "recvae" else 15
-    cfg = small_cfg([f"model={name}", f"model.max_epochs={epochs}", *FAST])
+    size = ["model.max_epochs=4", "model.hidden=64"] if name == "recvae" else ["model.max_epochs=10"]
+    cfg = small_cfg([f"model={name}", *size, *FAST])
     _, metrics = fit(cfg)
     data = load_data(cfg)
     pop = Popularity()
     pop.fit(data)
     top = rank(pop, data, k=10)
     baseline = evaluate(top.items, top.users, data.holdout, data.n_users, 10)["recall_at_10"]
-    assert metrics["recall_at_10"] > baseline + 0.02, (metrics["recall_at_10"], baseline)
+    assert metrics["recall_at_10"] > baseline + 0.05, (metrics["recall_at_10"], baseline)
 
 
 # ------------------------------------------------------------------ units
@@ -152,7 +164,7 @@ def test_checkpoint_round_trip_scores_the_same(small_cfg):
 
 @pytest.mark.parametrize("name,key,value", [
     ("multivae", "dropout", 1.0), ("multivae", "beta", -0.1), ("multivae", "anneal_steps", -5),
-    ("multidae", "hidden", [0]), ("ae", "activation", "swish"), ("dae", "loss", "bpr"),
+    ("multidae", "hidden", [0]), ("multivae", "hidden", 600), ("ae", "activation", "swish"), ("dae", "loss", "bpr"),
     ("recvae", "prior_weights", [0.5, 0.5, 0.5]), ("recvae", "gamma", -1.0), ("recvae", "enc_passes", 0),
     ("recvae", "hidden", [600]),
 ])
@@ -209,30 +221,39 @@ def test_recvae_alternates_encoder_and_decoder_passes(small_cfg):
 def test_seeded_runs_repeat_exactly(small_cfg):
     subs = []
     for _ in range(2):
-        cfg = small_cfg(["model=multivae", "model.max_epochs=2", *FAST])
+        cfg = small_cfg(["model=multivae", "model.max_epochs=2", "model.latent=32", *FAST])
         train(cfg)
         subs.append(pd.read_csv(f"{cfg.paths.output_dir}/submission.csv"))
     pd.testing.assert_frame_equal(*subs)
 
 
-def test_refit_finds_the_best_epoch_on_a_holdout_then_trains_on_everything(tmp_path, small_dir):
-    import mlflow
+class Recorder:
+    """Stands in for the MLflow run: keeps every logged metric's values in order."""
 
-    from tests.conftest import make_config
+    def __init__(self):
+        self.metrics: dict[str, list[float]] = {}
 
-    cfg = make_config(tmp_path, ["data=competition", f"data.dir={small_dir}", "split=none", "refit.enabled=true",
-                                 "model=multidae", "model.max_epochs=6", "model.patience=2", *FAST])
-    score = train(cfg)
-    assert 0.0 < score <= 1.0
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    client = mlflow.MlflowClient()
-    best = int(run.data.metrics["best_epoch"])
-    assert run.data.metrics["refit_epochs"] == best + 1
-    assert run.data.metrics["best_val_recall_at_10"] == pytest.approx(score)
-    assert len(client.get_metric_history(run.info.run_id, "refit_train_loss")) == best + 1
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= best + 1
-    assert "recall_at_10" not in run.data.metrics  # the final model has no holdout
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, []).append(value)
+
+
+def test_refit_finds_the_best_epoch_on_a_holdout_then_trains_on_everything(small_cfg):
+    from recmovie.pipeline import fit_model
+
+    cfg = small_cfg(["split=none", "refit.enabled=true", "model=multidae", "model.max_epochs=6", "model.latent=32",
+                     *FAST, "model.patience=2"])
+    data = load_data(cfg)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
+    model.build(data.n_users, data.n_items)
+    run = Recorder()
+    score = fit_model(model, data, cfg, run)
+    m = run.metrics
+    assert score == pytest.approx(m["best_val_recall_at_10"][0]) and 0 < score <= 1
+    assert m["refit_epochs"] == [m["best_epoch"][0] + 1]
+    assert len(m["val_recall_at_10"]) == len(m["train_loss"]) > m["best_epoch"][0]  # the probe ran past its best
+    assert len(m["refit_train_loss"]) == m["refit_epochs"][0]  # then the model trained exactly that long
+    assert "refit_val_recall_at_10" not in m  # on everything: nothing held out
 
 
 def test_refit_needs_split_none_and_a_gradient_model(small_cfg):
@@ -261,22 +282,16 @@ def _cli(tmp_path, *args):
 
 
 @pytest.mark.slow
-def test_a_parallel_two_job_sweep_makes_two_mlflow_runs_of_one_sweep(tmp_path, small_dir):
-    found = _cli(tmp_path, "data=competition", f"data.dir={small_dir}", "model=multidae", "model.max_epochs=1",
-                 "model.dropout=0.3,0.5", "hydra/launcher=parallel")
-    assert sorted(r.data.params["model.dropout"] for r in found) == ["0.3", "0.5"]
-    assert len({r.data.tags["sweep_id"] for r in found}) == 1
-    assert all(r.info.status == "FINISHED" and "recall_at_10" in r.data.metrics for r in found)
-
-
-@pytest.mark.slow
-def test_optuna_search_runs_trials_as_mlflow_runs_and_reports_the_best(tmp_path, small_dir):
+def test_optuna_search_runs_parallel_trials_as_mlflow_runs_and_reports_the_best(tmp_path, small_dir):
     import yaml
 
-    found = _cli(tmp_path, "hparams_search=recvae_optuna", "hydra.sweeper.n_trials=2", "data=competition",
-                 f"data.dir={small_dir}", "model.max_epochs=1", "model.hidden=32", "model.layers=2")
+    found = _cli(tmp_path, "hparams_search=recvae_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+                 "hydra/launcher=parallel", "data=competition", f"data.dir={small_dir}", "model.max_epochs=1",
+                 "model.hidden=32", "model.layers=2")
     assert len(found) == 2 and len({r.data.tags["sweep_id"] for r in found}) == 1
+    assert sorted(r.data.tags["sweep_job"] for r in found) == ["0", "1"]
     assert len({r.data.params["model.beta"] for r in found}) == 2  # the search space was sampled
+    assert all(r.info.status == "FINISHED" for r in found)
     (result,) = (tmp_path / "outputs" / "multiruns").glob("*/optimization_results.yaml")
     best = yaml.safe_load(result.read_text())
     assert best["best_value"] == pytest.approx(max(r.data.metrics["recall_at_10"] for r in found))

@@ -96,9 +96,10 @@ class AutoEncoder(LitRecommender):
 
     def __init__(self, hidden: list[int] = (), latent: int = 200, dropout: float = 0.0, activation: str = "tanh",
                  loss: str = "logistic", **training):
+        check(isinstance(hidden, (list, tuple)) and all(isinstance(h, int) and h >= 1 for h in hidden), "hidden",
+              f"must be a list of integers >= 1 (widths between the items and the code), got {hidden!r}")
         super().__init__(hidden=list(hidden), latent=latent, dropout=dropout, activation=activation, loss=loss,
                          **training)
-        check(all(isinstance(h, int) and h >= 1 for h in hidden), "hidden", f"must be a list of integers >= 1, got {hidden!r}")
         check(isinstance(latent, int) and latent >= 1, "latent", f"must be an integer >= 1, got {latent!r}")
         check(0.0 <= dropout < 1.0, "dropout", f"must be in [0, 1), got {dropout}")
         check(activation in ACTIVATIONS, "activation", f"must be one of {list(ACTIVATIONS)}, got {activation!r}")
@@ -181,7 +182,8 @@ class RecVAE(VAE):
     `prior_weights`), a KL weight that grows with the user's history (beta * gamma * |X_u|; gamma = 0:
     beta alone), and alternating updates: per epoch `enc_passes` passes over the users training the
     encoder (with input dropout), then the previous encoder is refreshed, then `dec_passes` passes
-    training the decoder (without dropout)."""
+    training the decoder (without dropout). The logged train_loss, train_kl are the encoder passes'
+    objective (the decoder passes skip the KL term, which does not depend on the decoder)."""
 
     name = "recvae"
 
@@ -244,7 +246,7 @@ class RecVAE(VAE):
         mu, logvar = self.posterior(batch, self.dropout if encoder_phase else 0.0)
         z = self.sample(mu, logvar)
         loss = reconstruction_loss(self.loss, self.decoder(z), batch.dense())
-        if encoder_phase:  # the KL term does not depend on the decoder: skipped in its passes
+        if encoder_phase:
             kl = (gaussian_log_density(z, mu, logvar) - self.log_prior(batch, z)).sum(dim=1)
             beta = kl_weight(self.global_step, self.beta, self.anneal_steps)
             weight = beta * self.gamma * batch.indptr.diff().to(z.dtype) if self.gamma > 0 else beta

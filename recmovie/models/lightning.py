@@ -72,7 +72,9 @@ class BestWeights(Callback):
         self.best_epoch = -1
         self.state: dict | None = None
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the
+    # module's, which logs this epoch's metrics (they would see the previous epoch's)
+    def on_validation_end(self, trainer, pl_module) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None and float(value) > self.best_score:
             self.best_score, self.best_epoch = float(value), trainer.current_epoch
@@ -97,7 +99,7 @@ class MlflowEpochLogger(Callback):
         self.t0 = time.perf_counter()
         self._log(trainer, m)
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:  # after the module logged them (see BestWeights)
         if trainer.sanity_checking:
             return
         self._log(trainer, {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")})
