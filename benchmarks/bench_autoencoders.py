@@ -95,16 +95,19 @@ def main() -> None:
     ap.add_argument("--confidence", action="store_true")
     ap.add_argument("--scale", action="store_true")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--best", default=None, help="model for the confidence table (default: best of --quality)")
+    ap.add_argument("--best", default=None, help="model(s) for the confidence table, comma-separated "
+                                                 "(default: the best of --quality)")
     ap.add_argument("--bench", type=Path, default=BENCH)
     ap.add_argument("--work", type=Path, default=Path("/tmp/recmovie-bench-ae"))
     a = ap.parse_args()
     every = not (a.quality or a.confidence or a.scale)
     best = a.best
     if a.quality or every:
-        best = best or quality(a.work, a.bench, a.models.split(","))
+        top = quality(a.work, a.bench, a.models.split(","))
+        best = best or top
     if a.confidence or every:
-        confidence(a.work, a.bench, best or "multivae")
+        for model in (best or "multivae").split(","):
+            confidence(a.work, a.bench, model)
     if a.scale or every:
         scale(a.work, {"multivae": 3, "recvae": 2})
 

@@ -57,6 +57,17 @@ def fit(cfg) -> tuple[Recommender, dict]:
     return model, metrics
 
 
+class Recorder:
+    """Stands in for the MLflow run: keeps every logged metric's values in order."""
+
+    def __init__(self):
+        self.metrics: dict[str, list[float]] = {}
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, []).append(value)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_each_model_trains_and_beats_popularity(small_cfg, name):
     size = ["model.max_epochs=4", "model.hidden=64"] if name == "recvae" else ["model.max_epochs=10"]
@@ -90,6 +101,21 @@ def test_reconstruction_losses_by_hand():
 def test_kl_schedule_fixed_and_linear_annealing_to_the_cap():
     assert [kl_weight(s, 0.3, 0) for s in (0, 10, 10_000)] == [0.3, 0.3, 0.3]
     assert [kl_weight(s, 0.2, 100) for s in (0, 25, 50, 100, 1000)] == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.2])
+
+
+def test_the_kl_schedule_is_followed_and_logged_per_epoch(small_cfg):
+    # 400 users in batches of 32: 13 steps an epoch; beta reaches its cap of 0.4 at step 26
+    cfg = small_cfg(["split=none", "model=multivae", "model.max_epochs=3", "model.anneal_steps=26", "model.beta=0.4",
+                     *FAST])
+    data = load_data(cfg)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
+    model.build(data.n_users, data.n_items)
+    run = Recorder()
+    fit_lightning(model, data, cfg, run)
+    sizes = np.array([32] * 12 + [16])  # the epoch's mean weighs each step by its batch size
+    ramp = [float((0.4 * np.arange(s, s + 13) / 26 * sizes).sum() / sizes.sum()) for s in (0, 13)]
+    assert run.metrics["train_beta"] == pytest.approx([*ramp, 0.4])
+    assert len(run.metrics["train_kl"]) == 3
 
 
 def test_vae_kl_term_and_log_density_match_torch_distributions(small_cfg):
@@ -177,9 +203,9 @@ def test_bad_values_fail_early_naming_the_key(small_cfg, name, key, value):
 
 def test_every_loss_is_switchable_on_every_model(small_cfg):
     for name in MODELS:
+        cfg = OmegaConf.to_container(small_cfg([f"model={name}"]).model)
         for loss in ("multinomial", "logistic", "gaussian"):
-            model = build_model(OmegaConf.to_container(small_cfg([f"model={name}"]).model), loss=loss)
-            assert model.loss == loss
+            assert build_model(cfg, loss=loss).loss == loss
 
 
 # ------------------------------------------------------------------ RecVAE's alternating updates
@@ -227,17 +253,6 @@ def test_seeded_runs_repeat_exactly(small_cfg):
     pd.testing.assert_frame_equal(*subs)
 
 
-class Recorder:
-    """Stands in for the MLflow run: keeps every logged metric's values in order."""
-
-    def __init__(self):
-        self.metrics: dict[str, list[float]] = {}
-
-    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        for key, value in metrics.items():
-            self.metrics.setdefault(key, []).append(value)
-
-
 def test_refit_finds_the_best_epoch_on_a_holdout_then_trains_on_everything(small_cfg):
     from recmovie.pipeline import fit_model
 
@@ -261,6 +276,8 @@ def test_refit_needs_split_none_and_a_gradient_model(small_cfg):
         train(small_cfg(["refit.enabled=true", "model=multidae"]))
     with pytest.raises(ConfigError, match="refit.enabled"):
         train(small_cfg(["refit.enabled=true", "split=none", "model=ease"]))
+    with pytest.raises(ConfigError, match="refit.split.n_last"):
+        train(small_cfg(["refit.enabled=true", "split=none", "model=multidae", "refit.split.n_last=-1"]))
 
 
 # ------------------------------------------------------------------ sweeps through the command line
