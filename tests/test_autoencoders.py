@@ -2,14 +2,22 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+import yaml
 from omegaconf import OmegaConf
 
+from recmovie.data.datamodule import RecDataModule
+from recmovie.data.prepare import PreparedData
 from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import rank
@@ -18,8 +26,9 @@ from recmovie.models.base import Recommender, build_model
 from recmovie.models.baselines import Popularity
 from recmovie.models.lightning import fit_lightning
 from recmovie.models.losses import reconstruction_loss
-from recmovie.pipeline import load_data, train
+from recmovie.pipeline import fit_model, load_data, train
 from recmovie.tracking import Run
+from tests.conftest import REPO, make_config
 
 MODELS = ["ae", "dae", "vae", "multidae", "multivae", "recvae"]
 # a few steps on 400 users: small batches so that an epoch is several updates
@@ -37,18 +46,22 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def small_cfg(tmp_path_factory, small_dir):
-    from tests.conftest import make_config
-
     work = tmp_path_factory.mktemp("ae")  # one data cache for the module
     return lambda overrides=(): make_config(work, [
         "data=competition", f"data.dir={small_dir}", "tracking.enabled=false", *overrides])
 
 
-def fit(cfg) -> tuple[Recommender, dict]:
+def built(cfg) -> tuple[Recommender, PreparedData]:
+    """The config's model, built for its data (untrained), and the data."""
     data = load_data(cfg)
     torch.manual_seed(int(cfg.seed))
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
     model.build(data.n_users, data.n_items)
+    return model, data
+
+
+def fit(cfg) -> tuple[Recommender, dict]:
+    model, data = built(cfg)
     found = fit_lightning(model, data, cfg, Run())
     top = rank(model, data, k=10)
     metrics = evaluate(top.items, top.users, data.holdout, data.n_users, 10)
@@ -107,9 +120,7 @@ def test_the_kl_schedule_is_followed_and_logged_per_epoch(small_cfg):
     # 400 users in batches of 32: 13 steps an epoch; beta reaches its cap of 0.4 at step 26
     cfg = small_cfg(["split=none", "model=multivae", "model.max_epochs=3", "model.anneal_steps=26", "model.beta=0.4",
                      *FAST])
-    data = load_data(cfg)
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
-    model.build(data.n_users, data.n_items)
+    model, data = built(cfg)
     run = Recorder()
     fit_lightning(model, data, cfg, run)
     sizes = np.array([32] * 12 + [16])  # the epoch's mean weighs each step by its batch size
@@ -210,10 +221,6 @@ def test_every_loss_is_switchable_on_every_model(small_cfg):
 
 # ------------------------------------------------------------------ RecVAE's alternating updates
 def test_recvae_alternates_encoder_and_decoder_passes(small_cfg):
-    import pytorch_lightning as pl
-
-    from recmovie.data.datamodule import RecDataModule
-
     data = load_data(small_cfg(["split=none"]))
     model = RecVAE(hidden=16, layers=2, latent=4, enc_passes=2, dec_passes=1, batch_size=200, max_epochs=1)
     model.build(data.n_users, data.n_items)
@@ -254,13 +261,9 @@ def test_seeded_runs_repeat_exactly(small_cfg):
 
 
 def test_refit_finds_the_best_epoch_on_a_holdout_then_trains_on_everything(small_cfg):
-    from recmovie.pipeline import fit_model
-
     cfg = small_cfg(["split=none", "refit.enabled=true", "model=multidae", "model.max_epochs=6", "model.latent=32",
                      *FAST, "model.patience=2"])
-    data = load_data(cfg)
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
-    model.build(data.n_users, data.n_items)
+    model, data = built(cfg)
     run = Recorder()
     score = fit_model(model, data, cfg, run)
     m = run.metrics
@@ -282,26 +285,16 @@ def test_refit_needs_split_none_and_a_gradient_model(small_cfg):
 
 # ------------------------------------------------------------------ sweeps through the command line
 def _cli(tmp_path, *args):
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     p = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", *args], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    import mlflow
-
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     return mlflow.search_runs(search_all_experiments=True, output_format="list")
 
 
 @pytest.mark.slow
 def test_optuna_search_runs_parallel_trials_as_mlflow_runs_and_reports_the_best(tmp_path, small_dir):
-    import yaml
-
     found = _cli(tmp_path, "hparams_search=recvae_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
                  "hydra/launcher=parallel", "data=competition", f"data.dir={small_dir}", "model.max_epochs=1",
                  "model.hidden=32", "model.layers=2")
