@@ -38,16 +38,25 @@ def check_run_config(cfg: DictConfig) -> None:
     if n < k:
         raise ConfigError("candidates.n", f"must be >= eval.k ({k}), got {n}")
     check_data_config(cfg.data)
-    split = cfg.split
-    if split.name not in ("competition", "none", "given"):
-        raise ConfigError("split.name", f"unknown split {split.name!r}")
-    if split.name == "competition":
-        for key in ("n_last", "n_random"):
-            v = split[key]
-            if not isinstance(v, int) or v < 0:
-                raise ConfigError(f"split.{key}", f"must be an integer >= 0, got {v!r}")
-        if split.n_last + split.n_random == 0:
-            raise ConfigError("split", "n_last + n_random is 0: nothing would be hidden (use split=none)")
-    if split.name == "given" and not Path(str(split.path)).is_file():
-        raise ConfigError("split.path", f"file not found: {split.path}")
+    _check_split(cfg.split, "split")
+    if cfg.refit.enabled:
+        if cfg.split.name != "none":
+            raise ConfigError("refit.enabled", "needs split=none (with a holdout, training already keeps the best epoch)")
+        _check_split(cfg.refit.split, "refit.split")
+        if cfg.refit.split.name == "none":
+            raise ConfigError("refit.split", "needs a holdout to find the best epoch on, e.g. split@refit.split=competition")
     check_confidence_config(cfg.confidence)
+
+
+def _check_split(split: DictConfig, key: str) -> None:
+    if split.name not in ("competition", "none", "given"):
+        raise ConfigError(f"{key}.name", f"unknown split {split.name!r}")
+    if split.name == "competition":
+        for name in ("n_last", "n_random"):
+            v = split[name]
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{key}.{name}", f"must be an integer >= 0, got {v!r}")
+        if split.n_last + split.n_random == 0:
+            raise ConfigError(key, "n_last + n_random is 0: nothing would be hidden (use split=none)")
+    if split.name == "given" and not Path(str(split.path)).is_file():
+        raise ConfigError(f"{key}.path", f"file not found: {split.path}")

@@ -1,15 +1,18 @@
 """One run: config -> data -> fit -> rank -> metrics -> submission + candidates -> MLflow."""
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from recmovie.config import check_run_config
 from recmovie.data.prepare import PreparedData, prepare_data
+from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import TopK, rank
 from recmovie.models.base import Recommender, build_model, load_checkpoint, save_checkpoint
@@ -19,18 +22,32 @@ from recmovie.tracking import flatten, resolve_tracking_uri, start_run
 log = logging.getLogger(__name__)
 
 
-def load_data(cfg: DictConfig) -> PreparedData:
+def load_data(cfg: DictConfig, split: DictConfig | None = None) -> PreparedData:
     cache_dir = cfg.paths.cache_dir if cfg.data.get("cache", True) else None
-    return prepare_data(cfg.data, cfg.split, cfg.confidence, cache_dir)
+    return prepare_data(cfg.data, split or cfg.split, cfg.confidence, cache_dir)
 
 
-def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> None:
-    if model.trained:
-        from recmovie.models.lightning import fit_lightning
+def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> float | None:
+    """Fit; returns the best validation Recall@k of a gradient model (None without a holdout).
 
-        fit_lightning(model, data, cfg, run)
-    else:
+    With `refit.enabled` (split=none), a copy of the untrained model first early-stops on the
+    holdout of `refit.split` carved from the training data; the model then trains on everything for
+    that copy's best number of epochs."""
+    if not model.trained:
         model.fit(data)
+        return None
+    from recmovie.models.lightning import fit_lightning
+
+    if not cfg.refit.enabled:
+        found = fit_lightning(model, data, cfg, run)
+        return found["best_score"] if len(data.holdout) else None
+    probe = copy.deepcopy(model)  # same initial weights as the final model
+    found = fit_lightning(probe, load_data(cfg, cfg.refit.split), cfg, run)
+    epochs = max(found["best_epoch"] + 1, 1)
+    log.info("refit: the holdout's best epoch is %d; training on everything for %d epochs", found["best_epoch"], epochs)
+    run.log_metrics({"refit_epochs": epochs})
+    fit_lightning(model, data, cfg, run, max_epochs=epochs, prefix="refit_")
+    return found["best_score"]
 
 
 def hydra_context() -> dict[str, str]:
@@ -62,6 +79,8 @@ def train(cfg: DictConfig) -> float | None:
     check_run_config(cfg)
     loss = cfg.loss.name if cfg.get("loss") and cfg.loss.name != "default" else None
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), loss=loss)
+    if cfg.refit.enabled and not model.trained:
+        raise ConfigError("refit.enabled", f"model {cfg.model.name} is fitted in closed form: it has no epochs to choose")
     out_dir = Path(cfg.paths.output_dir)
     k = int(cfg.eval.k)
     ctx = hydra_context()
@@ -77,10 +96,11 @@ def train(cfg: DictConfig) -> float | None:
         data = load_data(cfg)
         run.log_params({"data_fingerprint": data.fingerprint})
         run.set_tags({"data_fingerprint": data.fingerprint, "data_cache": data.info["cache"]})
+        torch.manual_seed(int(cfg.seed))  # initial weights of gradient models
         model.build(data.n_users, data.n_items)
 
         t0 = time.perf_counter()
-        fit_model(model, data, cfg, run)
+        val_score = fit_model(model, data, cfg, run)
         fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size))
@@ -104,7 +124,8 @@ def train(cfg: DictConfig) -> float | None:
             run.log_artifact(model_path, "model")
         run.set_tags({"checkpoint": str(model_path)})
         report(cfg.model.name, data, metrics, timings, out_dir, run.run_id, model_path)
-    return metrics.get(f"recall_at_{k}")
+    # the sweepers' objective: the run's Recall@k, or with refit the holdout's best
+    return metrics.get(f"recall_at_{k}", val_score)
 
 
 def report(name: str, data: PreparedData, metrics: dict, timings: dict, out_dir: Path, run_id: str | None,
@@ -129,7 +150,6 @@ def report(name: str, data: PreparedData, metrics: dict, timings: dict, out_dir:
 
 def predict(cfg: DictConfig) -> Path:
     """Reload a trained model (MLflow run id or checkpoint path) and write a fresh submission."""
-    from recmovie.errors import ConfigError
     from recmovie.tracking import download_run_file
 
     if bool(cfg.run_id) == bool(cfg.checkpoint):

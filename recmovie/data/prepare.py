@@ -40,7 +40,7 @@ class UserBatch:
 
     def row_ids(self) -> torch.Tensor:
         """Batch row of each stored entry."""
-        return torch.repeat_interleave(torch.arange(len(self.users)), self.indptr.diff())
+        return torch.repeat_interleave(torch.arange(len(self.users), device=self.indptr.device), self.indptr.diff())
 
     def csr(self) -> torch.Tensor:
         return torch.sparse_csr_tensor(
@@ -49,7 +49,7 @@ class UserBatch:
 
     def dense(self) -> torch.Tensor:
         """[B, n_items]; only ever one batch at a time."""
-        x = torch.zeros(len(self.users), self.n_items)
+        x = torch.zeros(len(self.users), self.n_items, device=self.values.device)
         x[self.row_ids(), self.indices] = self.values
         return x
 

@@ -72,7 +72,9 @@ class BestWeights(Callback):
         self.best_epoch = -1
         self.state: dict | None = None
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the
+    # module's, which logs this epoch's metrics (they would see the previous epoch's)
+    def on_validation_end(self, trainer, pl_module) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None and float(value) > self.best_score:
             self.best_score, self.best_epoch = float(value), trainer.current_epoch
@@ -80,28 +82,33 @@ class BestWeights(Callback):
 
 
 class MlflowEpochLogger(Callback):
-    """Per-epoch curves into the MLflow run: training loss and validation metrics."""
+    """Per-epoch curves into the MLflow run: training loss and validation metrics (names prefixed
+    by `prefix`, so that two fits in one run keep separate curves)."""
 
-    def __init__(self, run):
+    def __init__(self, run, prefix: str = ""):
         self.run = run
+        self.prefix = prefix
         self.t0 = time.perf_counter()
+
+    def _log(self, trainer, metrics: dict) -> None:
+        self.run.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step=trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")}
         m["epoch_seconds"] = time.perf_counter() - self.t0
         self.t0 = time.perf_counter()
-        self.run.log_metrics(m, step=trainer.current_epoch)
+        self._log(trainer, m)
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:  # after the module logged them (see BestWeights)
         if trainer.sanity_checking:
             return
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-        self.run.log_metrics(m, step=trainer.current_epoch)
+        self._log(trainer, {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")})
 
 
-def fit_lightning(model: LitRecommender, data: PreparedData, cfg, run, max_epochs: int | None = None) -> dict:
+def fit_lightning(model: LitRecommender, data: PreparedData, cfg, run, max_epochs: int | None = None,
+                  prefix: str = "") -> dict:
     """Train with a Lightning Trainer; with a holdout, early-stop on validation Recall@k and restore
-    the best epoch. Returns {"best_epoch", "best_score", "epochs"}."""
+    the best epoch. Returns {"best_epoch", "best_score", "epochs"}; MLflow curves get `prefix`."""
     k = int(cfg.eval.k)
     model.eval_k, model.eval_holdout = k, data.holdout
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -110,7 +117,7 @@ def fit_lightning(model: LitRecommender, data: PreparedData, cfg, run, max_epoch
                        view_options=getattr(model, "view_options", lambda: {})())
     has_val = len(data.holdout) > 0
     monitor = f"val_recall_at_{k}"
-    callbacks: list[Callback] = [MlflowEpochLogger(run)]
+    callbacks: list[Callback] = [MlflowEpochLogger(run, prefix)]
     best = BestWeights(monitor)
     if has_val:
         callbacks += [best, EarlyStopping(monitor=monitor, mode="max", patience=int(model.params["patience"]))]
