@@ -27,7 +27,7 @@ def _per_user_mean_one(w: np.ndarray, user: np.ndarray, n_users: int) -> np.ndar
     return w / np.where(mean > 0, mean, 1.0)[user]
 
 
-def time_weights(user: np.ndarray, n_users: int, floor: float = 0.3, power: float = 1.0) -> np.ndarray:
+def time_weights(user: np.ndarray, n_users: int, floor: float = 0.7, power: float = 1.0) -> np.ndarray:
     """Rows must be in (user, time) order, as Dataset keeps them."""
     counts = np.bincount(user, minlength=n_users)
     starts = np.r_[0, np.cumsum(counts)[:-1]]
@@ -36,13 +36,13 @@ def time_weights(user: np.ndarray, n_users: int, floor: float = 0.3, power: floa
     return floor + (1.0 - floor) * (pos / denom) ** power
 
 
-def itempop_weights(item: np.ndarray, n_items: int, exponent: float = -0.3) -> np.ndarray:
+def itempop_weights(item: np.ndarray, n_items: int, exponent: float = -0.15) -> np.ndarray:
     counts = np.bincount(item, minlength=n_items).astype(np.float64)
     rel = counts / counts[counts > 0].mean()
     return rel[item] ** exponent
 
 
-def genre_weights(user, item, n_users: int, item_genre, strength: float = 1.0) -> np.ndarray:
+def genre_weights(user, item, n_users: int, item_genre, strength: float = 0.25) -> np.ndarray:
     """item_genre: binary item x genre csr matrix (or None when the data has no genres)."""
     if item_genre is None or item_genre.nnz == 0:
         return np.ones(len(user))
@@ -74,17 +74,29 @@ def confidence_weights(user, item, n_users: int, n_items: int, item_genre, cfg) 
         raise ConfigError("confidence.kinds", f"unknown kind(s) {unknown}; choose from {list(KINDS)}")
     w = np.ones(len(user))
     for kind in kinds:
-        p = cfg.get(kind) or {}
+        p = _params(cfg, kind)
         if kind == "time":
-            part = time_weights(user, n_users, float(p.get("floor", 0.3)), float(p.get("power", 1.0)))
+            part = time_weights(user, n_users, **p)
         elif kind == "itempop":
-            part = itempop_weights(item, n_items, float(p.get("exponent", -0.3)))
+            part = itempop_weights(item, n_items, **p)
         else:
-            part = genre_weights(user, item, n_users, item_genre, float(p.get("strength", 1.0)))
+            part = genre_weights(user, item, n_users, item_genre, **p)
         w *= _per_user_mean_one(part, user, n_users)
     if kinds:
         w = _per_user_mean_one(w, user, n_users)
     return w.astype(np.float32)
+
+
+_PARAMS = {"time": ("floor", "power"), "itempop": ("exponent",), "genre": ("strength",)}
+
+
+def _params(cfg, kind: str) -> dict[str, float]:
+    """A kind's parameters from the config (missing ones keep the functions' defaults)."""
+    p = dict(cfg.get(kind) or {})
+    unknown = set(p) - set(_PARAMS[kind])
+    if unknown:
+        raise ConfigError(f"confidence.{kind}", f"unknown parameter(s) {sorted(unknown)}; known: {list(_PARAMS[kind])}")
+    return {k: float(v) for k, v in p.items()}
 
 
 def check_confidence_config(cfg) -> None:
@@ -93,10 +105,11 @@ def check_confidence_config(cfg) -> None:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ConfigError("confidence.kinds", f"unknown kind(s) {unknown}; choose from {list(KINDS)}")
-    t = cfg.get("time") or {}
-    if not 0.0 <= float(t.get("floor", 0.3)) <= 1.0:
-        raise ConfigError("confidence.time.floor", f"must be in [0, 1], got {t.get('floor')}")
-    if float(t.get("power", 1.0)) < 0:
-        raise ConfigError("confidence.time.power", f"must be >= 0, got {t.get('power')}")
-    if float((cfg.get("genre") or {}).get("strength", 1.0)) < 0:
-        raise ConfigError("confidence.genre.strength", "must be >= 0")
+    time, genre = _params(cfg, "time"), _params(cfg, "genre")
+    _params(cfg, "itempop")
+    if not 0.0 <= time.get("floor", 0.5) <= 1.0:
+        raise ConfigError("confidence.time.floor", f"must be in [0, 1], got {time['floor']}")
+    if time.get("power", 0.0) < 0:
+        raise ConfigError("confidence.time.power", f"must be >= 0, got {time['power']}")
+    if genre.get("strength", 0.0) < 0:
+        raise ConfigError("confidence.genre.strength", f"must be >= 0, got {genre['strength']}")
