@@ -31,6 +31,8 @@ def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> N
         fit_lightning(model, data, cfg, run)
     else:
         model.fit(data)
+        for step, metrics in model.fit_log:
+            run.log_metrics(metrics, step=step)
 
 
 def hydra_context() -> dict[str, str]:

@@ -72,7 +72,9 @@ class BestWeights(Callback):
         self.best_epoch = -1
         self.state: dict | None = None
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    # on_validation_end, not on_validation_epoch_end: Lightning calls callbacks' epoch-end hooks
+    # before the module's (which computes the metric), so there they would see the previous epoch's
+    def on_validation_end(self, trainer, pl_module) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None and float(value) > self.best_score:
             self.best_score, self.best_epoch = float(value), trainer.current_epoch
@@ -92,7 +94,7 @@ class MlflowEpochLogger(Callback):
         self.t0 = time.perf_counter()
         self.run.log_metrics(m, step=trainer.current_epoch)
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:  # after the metric exists (see BestWeights)
         if trainer.sanity_checking:
             return
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
