@@ -270,3 +270,11 @@ def test_als_run_logs_its_loss_per_iteration(small_config):
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == [0, 1, 2]
     assert run.data.tags["confidence"] == "genre"
+
+
+@pytest.mark.parametrize("name", ["als", "bpr_mf", "userknn", "itemknn", "admm_slim", "edlae"])
+def test_model_yaml_builds_its_model(name):
+    from recmovie.config import CONF_DIR
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+    assert build_model(cfg).name == name
