@@ -37,6 +37,12 @@ class BPRMF(LitRecommender):
         check(init_std > 0, "init_std", f"must be > 0, got {init_std}")
         self.dim, self.loss, self.reg, self.init_std = dim, loss, float(reg), float(init_std)
 
+    def configure_optimizers(self):
+        # every step updates the whole embedding tables (dense gradients): the fused kernel halves
+        # the step time at the competition's size
+        return torch.optim.Adam(self.parameters(), lr=self.params["lr"], weight_decay=self.params["weight_decay"],
+                                fused=True)
+
     def view_options(self) -> dict:
         return {"n_negatives": self.params["n_negatives"], "sampling": self.params["sampling"]}
 
