@@ -278,3 +278,23 @@ def test_model_yaml_builds_its_model(name):
 
     cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
     assert build_model(cfg).name == name
+
+
+@pytest.mark.slow
+def test_bpr_mf_run_and_its_reload_give_the_same_submission(small_config, tmp_path):
+    import pandas as pd
+    from omegaconf import open_dict
+
+    from recmovie.pipeline import predict
+    from tests.conftest import make_config
+
+    cfg = small_config(["model=bpr_mf", "loss=bce", "model.max_epochs=3", "model.batch_size=2048"])
+    assert train(cfg) > 0
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.data.tags["loss"] == "bce" and "val_recall_at_10" in run.data.metrics
+    pcfg = make_config(tmp_path / "p", [f"run_id={run.info.run_id}"], config_name="predict")
+    with open_dict(pcfg):
+        pcfg.tracking.uri = cfg.tracking.uri
+        pcfg.paths.cache_dir = cfg.paths.cache_dir
+    pd.testing.assert_frame_equal(pd.read_csv(predict(pcfg)), pd.read_csv(f"{cfg.paths.output_dir}/submission.csv"))
