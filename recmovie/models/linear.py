@@ -79,17 +79,19 @@ class EASE(ItemItemModel):
 
 
 class EDLAE(ItemItemModel):
-    """Moon, Kim & Lee 2023, "It's Enough: Relaxing Diagonal Constraints in Linear Autoencoders for
-    Recommendation" (SIGIR), on top of Steck 2020's emphasized denoising (EDLAE, NeurIPS):
+    """Steck 2020, "Autoencoders that don't overfit towards the Identity" (NeurIPS): the full-rank
+    emphasized denoising linear autoencoder, with the relaxed diagonal of Moon, Kim & Lee 2023,
+    "It's Enough: Relaxing Diagonal Constraints in Linear Autoencoders for Recommendation" (SIGIR):
 
         min_B ||X - XB||^2 + ||Lambda^1/2 B||^2  s.t. diag(B) <= xi,
         Lambda = l2 I + dropout / (1 - dropout) diagMat(diag(X^T X))
 
     Closed form: B = I - P (Lambda + diagMat(mu)), P = (X^T X + Lambda)^-1,
     mu = max(0, (1 - xi) / diag(P) - diag(Lambda)) (the constraint's KKT multipliers).
-    The dropout term penalises popular items more (the denoising view of an autoencoder), and xi > 0
-    lets an item keep a little of its own weight instead of being forced to zero. xi = 0 is EDLAE;
-    dropout = 0 and xi = 0 is EASE. Both papers report it above EASE on ML-20M, Netflix and MSD.
+    Dropout of the input makes the ridge grow with an item's popularity, which keeps popular items
+    from explaining themselves through their neighbours; both papers report it above EASE on ML-20M,
+    Netflix and MSD. xi = 0 (the default) is EDLAE, dropout = 0 and xi = 0 is EASE; xi > 0 (RDLAE)
+    rescales only the columns whose ridge dominates, as diag(B) itself only scores seen items.
     """
 
     name = "edlae"
@@ -122,8 +124,9 @@ class ADMMSLIM(ItemItemModel):
     by ADMM on the split B = C: B takes the quadratic part and the zero diagonal (closed form with
     P = (X^T X + (l2 + rho) I)^-1, inverted once), C the L1 and non-negativity (soft-thresholding);
     U is the scaled dual. The returned weights are C: sparse, zero diagonal, non-negative if asked.
-    Each iteration costs one items^3 product, so few iterations are run, warm-started from the
-    EASE-like solution of the first B step.
+    Each iteration costs one items^3 product. The first B step is already EASE with ridge l2 + rho;
+    4 iterations (the default, about 2x EASE's fit time at the competition's size) ranked as well
+    as 6-10 on the benchmark's validation split, although the residuals are still shrinking.
     """
 
     name = "admm_slim"
