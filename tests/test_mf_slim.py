@@ -222,6 +222,21 @@ def test_userknn_scores_do_not_depend_on_the_chunking(data):
     assert np.array_equal(a.items, b.items)
 
 
+def test_bm25_and_tfidf_weights():
+    from recmovie.models.neighbourhood import column_idf, mean_row_length, weigh_rows
+
+    x = sp.csr_matrix(np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]], np.float32))
+    idf = column_idf(x)
+    assert np.allclose(idf, np.log1p((3 - np.array([2, 3, 1]) + 0.5) / (np.array([2, 3, 1]) + 0.5)))
+    tfidf = weigh_rows(x, "tfidf", idf, mean_row_length(x), 1.2, 0.75).toarray()
+    assert np.allclose(tfidf, x.toarray() * idf, atol=1e-6)
+    bm25 = weigh_rows(x, "bm25", idf, 2.0, 1.2, 0.75).toarray()
+    lengths = np.array([3.0, 1.0, 3.0])
+    norm = (0.25 + 0.75 * lengths / 2.0)[:, None]
+    tf = x.toarray()
+    assert np.allclose(bm25, np.where(tf > 0, tf * 2.2 / (tf + 1.2 * norm) * idf, 0.0), atol=1e-6)
+
+
 def test_weighting_changes_itemknn_and_none_is_plain_cosine(data):
     plain = fitted(ItemKNN(k=40, weighting="none"), data).B
     x = data.train_matrix.toarray().astype(np.float64)

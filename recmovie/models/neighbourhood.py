@@ -57,6 +57,10 @@ def mean_row_length(x: sp.csr_matrix) -> float:
     return float(x.sum() / max(x.shape[0], 1))
 
 
+def row_norms(x: sp.csr_matrix) -> np.ndarray:
+    return np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()).astype(np.float32)
+
+
 class ItemKNN(ItemItemModel):
     """Cosine item-item similarity with shrinkage, each item's `k` nearest neighbours kept:
     score(u, j) = sum over the user's items i among j's neighbours of w_ui * sim(i, j)."""
@@ -166,7 +170,6 @@ class UserKNN(Recommender):
 
     def fit(self, data: PreparedData) -> None:
         x = data.train_matrix.astype(np.float32)
-        x.sort_indices()
         p = self.params
         idf, mean_len = column_idf(x), mean_row_length(x)
         w = weigh_rows(x, p["weighting"], idf, mean_len, p["k1"], p["b"])
@@ -188,9 +191,8 @@ class UserKNN(Recommender):
             n_users = len(self.x_indptr) - 1
             w = sp.csr_matrix((self.w_data.numpy(), self.x_indices.numpy(), self.x_indptr.numpy()),
                               shape=(n_users, self.n_items))
-            norms = np.sqrt(np.asarray(w.multiply(w).sum(axis=1)).ravel()).astype(np.float32)
             csc = w.tocsc()
-            self._index = (csc.indptr.astype(np.int64), csc.indices.astype(np.int64), csc.data, norms)
+            self._index = (csc.indptr.astype(np.int64), csc.indices.astype(np.int64), csc.data, row_norms(w))
         return self._index
 
     def score(self, batch: UserBatch) -> torch.Tensor:
@@ -199,7 +201,7 @@ class UserKNN(Recommender):
         q = sp.csr_matrix((batch.values.numpy(), batch.indices.numpy(), batch.indptr.numpy()),
                           shape=(len(batch), self.n_items))
         q = weigh_rows(q, p["weighting"], self.idf.numpy().astype(np.float64), float(self.mean_len), p["k1"], p["b"])
-        q_norm = np.sqrt(np.asarray(q.multiply(q).sum(axis=1)).ravel()).astype(np.float32)
+        q_norm = row_norms(q)
         users = batch.users.numpy()
         self_id = np.where(users < len(norms), users, -1).astype(np.int64)
         out = np.zeros((len(batch), self.n_items), np.float32)
