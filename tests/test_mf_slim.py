@@ -72,7 +72,7 @@ LIGHTNING_CFG = OmegaConf.create({"eval": {"k": 10, "chunk_size": 128}, "seed": 
 
 
 def test_bpr_mf_beats_popularity_and_keeps_its_best_epoch(data, popularity_recall):
-    model = BPRMF(batch_size=1024, max_epochs=12, patience=3, lr=0.02)
+    model = BPRMF(batch_size=2048, max_epochs=8, patience=3, lr=0.03)
     model.build(data.n_users, data.n_items)
     result = fit_lightning(model, data, LIGHTNING_CFG, Run())
     got = recall(model, data)
