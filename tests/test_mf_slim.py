@@ -185,6 +185,21 @@ def test_admm_slim_without_l1_and_sign_constraint_converges_to_ease(data):
     assert change[-1] < change[1] * 1e-2
 
 
+@pytest.mark.parametrize("n_users", [30, 200], ids=["thin", "explicit"])
+def test_zero_diagonal_solve(n_users):
+    from recmovie.models.linear import RidgeInverse
+
+    x = sp.random(n_users, 90, density=0.2, random_state=2, format="csr", dtype=np.float64)
+    p = np.linalg.inv(x.T.toarray() @ x.toarray() + 4.0 * np.eye(90))
+    op = RidgeInverse(x, 4.0, torch.float64)
+    assert (op.p is None) == (n_users == 30)
+    z = np.random.default_rng(0).normal(size=(90, 90))
+    g = (1.0 + np.diag(p @ z)) / np.diag(p)
+    want = np.eye(90) + p @ (z - np.diag(g))
+    assert np.allclose(np.diag(want), 0.0)
+    assert np.allclose(op.zero_diagonal_solve(torch.from_numpy(z.copy())).numpy(), want, atol=1e-6)  # float32 Gram
+
+
 def test_edlae_closed_form(data):
     x = data.train_matrix.toarray().astype(np.float64)
     g = x.T @ x

@@ -55,6 +55,41 @@ def regularised_inverse(x, reg: float | np.ndarray, dtype: torch.dtype = torch.f
     return torch.cholesky_inverse(torch.linalg.cholesky(g))
 
 
+class RidgeInverse:
+    """P = (X^T X + reg I)^-1, applied by `zero_diagonal_solve`. With far fewer users than items it
+    is never formed: P Z = (Z - X^T (reg I + X X^T)^-1 X Z) / reg costs two users x items^2 products
+    instead of one items^3 (the bundled MovieLens sample: 610 users, 9.7k items)."""
+
+    def __init__(self, x, reg: float, dtype: torch.dtype = torch.float32):
+        self.reg = reg
+        self.p = None
+        if 2 * x.shape[0] >= x.shape[1]:
+            self.p = regularised_inverse(x, reg, dtype)
+            self.diag = self.p.diagonal().clone()
+            return
+        self.x = torch.from_numpy(x.toarray()).to(dtype)
+        k = self.x @ self.x.T
+        k.diagonal().add_(reg)
+        self.k_inv_x = torch.cholesky_solve(self.x, torch.linalg.cholesky(k))
+        self.diag = (1.0 - (self.x * self.k_inv_x).sum(0)) / reg
+
+    def zero_diagonal_solve(self, z: torch.Tensor) -> torch.Tensor:
+        """B = I + P (Z - diagMat(g)), g chosen so that diag(B) = 0 (the EASE / SLIM constraint's
+        multipliers): g_j = (1 + (P Z)_jj) / P_jj. Overwrites z."""
+        if self.p is not None:
+            g = (1.0 + (self.p * z.T).sum(1)) / self.diag  # (P Z)_jj = sum_i P_ji Z_ij
+            z.diagonal().sub_(g)
+            b = self.p @ z
+        else:
+            kz = self.k_inv_x @ z
+            g = (1.0 + (z.diagonal() - (self.x * kz).sum(0)) / self.reg) / self.diag
+            z.diagonal().sub_(g)
+            kz.sub_(self.k_inv_x * g[None, :])
+            b = z.sub_(self.x.T @ kz).div_(self.reg)
+        b.diagonal().fill_(0.0)  # 1 + (P (Z - diagMat(g)))_jj, zero up to rounding
+        return b
+
+
 def item_sq_norms(x) -> np.ndarray:
     """diag(X^T X) of a sparse users x items matrix."""
     return np.bincount(x.indices, weights=np.asarray(x.data, np.float64) ** 2, minlength=x.shape[1])
@@ -153,9 +188,8 @@ class ADMMSLIM(ItemItemModel):
     def fit(self, data: PreparedData) -> None:
         p = self.params
         l2, rho = p["l2"], p["rho"]
-        inv = regularised_inverse(data.train_matrix, l2 + rho, self.dtype)
-        inv_diag = inv.diagonal().clone()
-        n = inv.shape[0]
+        inv = RidgeInverse(data.train_matrix, l2 + rho, self.dtype)
+        n = data.n_items
         c = torch.zeros(n, n, dtype=self.dtype)
         u = torch.zeros(n, n, dtype=self.dtype)
         self.fit_log = []
@@ -163,10 +197,8 @@ class ADMMSLIM(ItemItemModel):
             # B~ = P (X^T X + rho (C - U)) = I + P (rho (C - U) - (l2 + rho) I), as P X^T X = I - (l2 + rho) P
             z = torch.sub(c, u).mul_(rho)
             z.diagonal().sub_(l2 + rho)
-            b = inv @ z
+            b = inv.zero_diagonal_solve(z)
             del z
-            b.diagonal().add_(1.0)
-            b.addcmul_(inv, -(b.diagonal() / inv_diag)[None, :])  # zero diagonal (Lagrange multipliers)
             u.add_(b)
             c_next = self.prox(u.clone())
             size = max(float(c_next.norm()), 1e-12)
