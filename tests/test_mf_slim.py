@@ -198,6 +198,8 @@ def test_zero_diagonal_solve(n_users):
     want = np.eye(90) + p @ (z - np.diag(g))
     assert np.allclose(np.diag(want), 0.0)
     assert np.allclose(op.zero_diagonal_solve(torch.from_numpy(z.copy())).numpy(), want, atol=1e-6)  # float32 Gram
+    ease = op.zero_diagonal_solve(torch.from_numpy(-4.0 * np.eye(90)))
+    assert torch.allclose(op.ease_weights(), ease, atol=1e-6)
 
 
 def test_edlae_closed_form(data):
