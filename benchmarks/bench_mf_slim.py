@@ -3,19 +3,24 @@
   quality: each model's DEFAULT config on the ml-100k black-box benchmark (train.py split=none on
            its input/, scored by the benchmark's own scorer): Recall@10, fit seconds, peak RSS;
   scale:   each model end to end (train.py split=none) at the competition's size on synthetic data,
-           one process per model: fit and ranking seconds, peak RSS, and the fit time of the
-           EASE variants relative to EASE. BPR-MF is timed over --bpr-epochs epochs (its per-epoch
-           cost; a full run is max_epochs of them).
+           one process per model: fit and ranking seconds, peak RSS. BPR-MF is timed over
+           --bpr-epochs epochs (its per-epoch cost; a full run is max_epochs of them);
+  ratio:   the EASE variants' fit time relative to EASE's, fitted in turn in one process,
+           --repeats times (medians: on a shared machine single runs vary severalfold).
 
-    python benchmarks/bench_mf_slim.py [--quality] [--scale] [--models als,bpr_mf,...]
-                                       [--bench ../shared/bench/ml-100k] [--bpr-epochs 1] [--work DIR]
+    python benchmarks/bench_mf_slim.py [--quality] [--scale] [--ratio] [--models als,bpr_mf,...]
+                                       [--bench ../shared/bench/ml-100k] [--bpr-epochs 1]
+                                       [--repeats 3] [--work DIR]
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from common import BENCH, REPO, run_measured, score, stamp, timings
+from common import BENCH, REPO, median, run_measured, score, stamp, timings
+
+sys.path.insert(0, str(REPO))  # the ratio part imports recmovie: this checkout's, not an installed one
 
 MODELS = ["popularity", "ease", "edlae", "admm_slim", "als", "bpr_mf", "userknn", "itemknn"]
 EASE_VARIANTS = ["edlae", "admm_slim"]
@@ -43,18 +48,44 @@ def scale(work: Path, models: list[str], bpr_epochs: int) -> None:
     data = ["data=synthetic"]
     # fill the prepared-data cache first, so that no model's figures include generating the data
     run_measured(train_args(work, "scale-warmup", data, "model=popularity"), REPO, work / "logs" / "scale-warmup.log")
-    print("| model | fit s | rank s | wall s | peak RSS MB | fit / EASE fit |\n|---|---|---|---|---|---|")
-    fits: dict[str, float] = {}
-    for m in sorted(models, key=lambda m: m != "ease"):  # EASE first: the others are compared to it
+    print("| model | fit s | rank s | wall s | peak RSS MB |\n|---|---|---|---|---|")
+    for m in models:
         extra = [f"model.max_epochs={bpr_epochs}"] if m == "bpr_mf" else []
         name = f"scale-{m}"
         r = run_measured(train_args(work, name, data, f"model={m}", *extra), REPO, work / "logs" / f"{name}.log")
         t = timings(r["stdout"])
-        fits[m] = t["fit_seconds"]
-        ratio = f"{fits[m] / fits['ease']:.2f}" if "ease" in fits and m in EASE_VARIANTS + ["ease"] else ""
         label = f"{m} ({bpr_epochs} epoch{'s' if bpr_epochs > 1 else ''})" if m == "bpr_mf" else m
         print(f"| {label} | {t['fit_seconds']:.1f} | {t['predict_seconds']:.1f} | {r['wall']:.1f} | "
-              f"{r['rss_mb']:.0f} | {ratio} |", flush=True)
+              f"{r['rss_mb']:.0f} |", flush=True)
+
+
+def ratio(work: Path, repeats: int) -> None:
+    """Fit EASE and its variants in turn in this process (same data, same moment of the machine)."""
+    import time
+
+    from omegaconf import OmegaConf
+
+    from recmovie.config import CONF_DIR
+    from recmovie.data.prepare import prepare_data
+    from recmovie.models.base import build_model
+
+    data = prepare_data(OmegaConf.load(CONF_DIR / "data" / "synthetic.yaml"), OmegaConf.create({"name": "none"}),
+                        OmegaConf.load(CONF_DIR / "confidence" / "none.yaml"), work / "cache")
+    names = ["ease", *EASE_VARIANTS]
+    fits: dict[str, list[float]] = {m: [] for m in names}
+    for _ in range(repeats):
+        for m in names:
+            model = build_model(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{m}.yaml")))
+            model.build(data.n_users, data.n_items)
+            t0 = time.perf_counter()
+            model.fit(data)
+            fits[m].append(time.perf_counter() - t0)
+            del model
+    print(f"\n## fit time relative to EASE at competition size, {repeats} rounds in one process\n")
+    print("| model | fit s (median) | all rounds | median / EASE median |\n|---|---|---|---|")
+    for m in names:
+        print(f"| {m} | {median(fits[m]):.1f} | {', '.join(f'{x:.1f}' for x in fits[m])} | "
+              f"{median(fits[m]) / median(fits['ease']):.2f} |", flush=True)
 
 
 def main() -> None:
@@ -63,16 +94,20 @@ def main() -> None:
     ap.add_argument("--scale", action="store_true")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--bench", type=Path, default=BENCH, help="benchmark folder: input/, hidden.csv, train.csv")
+    ap.add_argument("--ratio", action="store_true")
     ap.add_argument("--bpr-epochs", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("/tmp") / f"bench_mf_slim-{stamp()}")
     a = ap.parse_args()
     models = [m for m in a.models.split(",") if m]
-    both = not (a.quality or a.scale)
+    every = not (a.quality or a.scale or a.ratio)
     print(f"work folder: {a.work}")
-    if a.quality or both:
+    if a.quality or every:
         quality(a.work, a.bench.resolve(), models)
-    if a.scale or both:
+    if a.scale or every:
         scale(a.work, models, a.bpr_epochs)
+    if a.ratio or every:
+        ratio(a.work, a.repeats)
 
 
 if __name__ == "__main__":
