@@ -35,6 +35,8 @@ def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> f
     that copy's best number of epochs."""
     if not model.trained:
         model.fit(data)
+        for step, metrics in model.fit_log:
+            run.log_metrics(metrics, step=step)
         return None
     from recmovie.models.lightning import fit_lightning
 

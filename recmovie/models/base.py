@@ -33,6 +33,9 @@ class Recommender(torch.nn.Module):
         self.params = dict(params)
         self.n_users = 0
         self.n_items = 0
+        # (step, metrics) recorded by a closed-form fit with its own solver (e.g. loss per ALS
+        # iteration); the pipeline logs them into the run's curves after fit()
+        self.fit_log: list[tuple[int, dict[str, float]]] = []
 
     # -- to implement
     def build(self, n_users: int, n_items: int) -> None:
