@@ -13,6 +13,7 @@ from recmovie.models.base import Recommender
 from recmovie.models.baselines import GenreRule, Popularity
 from recmovie.models.linear import EASE
 from recmovie.models.neighbourhood import ItemKNN
+from recmovie.models.ops import TILE_WIDTH
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,15 @@ def test_genre_rule_puts_the_users_genres_first(data):
     scores = model.score(batch)[0]
     in_genre = model.item_genre[:, top_genre] > 0
     assert scores[in_genre].min() > scores[~in_genre].max()
+
+
+def test_item_item_scores_equal_the_dense_product(data):
+    # the register-blocked kernel: weighted histories, a last column tile that is only partly used
+    assert data.n_items % TILE_WIDTH != 0
+    rng = np.random.default_rng(0)
+    model = EASE()
+    model.set_matrix(rng.standard_normal((data.n_items, data.n_items)).astype(np.float32))
+    batch = data.user_batch(np.arange(0, data.n_users, 3))
+    batch.values = torch.from_numpy(rng.uniform(0.5, 2.0, len(batch.values)).astype(np.float32))
+    expected = batch.dense().double() @ model.B.double()
+    assert torch.allclose(model.score(batch).double(), expected, rtol=1e-4, atol=1e-3)

@@ -17,16 +17,18 @@ class ItemItemModel(Recommender):
     def __init__(self, **params):
         super().__init__(**params)
         self.register_buffer("B", torch.zeros(0, 0))
-        self._tiles: list[torch.Tensor] | None = None
+        self._tiles: np.ndarray | None = None
 
     def set_matrix(self, b: np.ndarray | torch.Tensor) -> None:
         self.B = torch.as_tensor(b, dtype=torch.float32)
         self._tiles = None
 
     def score(self, batch: UserBatch) -> torch.Tensor:
+        if self.B.device.type != "cpu":  # GPU: the device's own sparse x dense product
+            return batch.to(self.B.device).csr() @ self.B
         if self._tiles is None:
             self._tiles = column_tiles(self.B)
-        return history_times(batch, self._tiles)
+        return history_times(batch, self._tiles, self.B.shape[1])
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._tiles = None

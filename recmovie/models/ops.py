@@ -60,24 +60,52 @@ def gram(x: sp.csr_matrix, dtype=np.float32) -> np.ndarray:
     return out
 
 
-TILE_WIDTH = 512  # columns per tile: a 6.8k x 512 float32 tile (14 MB) stays in the last-level cache
+TILE_WIDTH = 48  # columns per tile: 6 AVX registers of accumulators per user row
 
 
-def column_tiles(matrix: torch.Tensor, width: int = TILE_WIDTH) -> list[torch.Tensor]:
-    """Contiguous column blocks of an items x items matrix, for `history_times`."""
-    return [matrix[:, s : s + width].contiguous() for s in range(0, matrix.shape[1], width)]
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _history_times(indptr, indices, values, tiles, out):  # pragma: no cover - numba
+    # out[u, tile t] = sum over the user's items j of w_uj * tiles[t, j]. Tile-outer, so one tile
+    # (items x 48 floats, 1.3 MB at 6.8k items) is shared by all users while it is hot in cache,
+    # and the 48 accumulators of a row stay in registers across the user's whole history.
+    # TILE_WIDTH is a compile-time constant: that is what lets the accumulators live in registers
+    n_cols = out.shape[1]
+    for t in range(tiles.shape[0]):
+        c0 = t * TILE_WIDTH
+        cw = min(TILE_WIDTH, n_cols - c0)
+        for u in prange(out.shape[0]):
+            acc = np.zeros(TILE_WIDTH, np.float32)
+            for p in range(indptr[u], indptr[u + 1]):
+                j = indices[p]
+                w = values[p]
+                for c in range(TILE_WIDTH):
+                    acc[c] += w * tiles[t, j, c]
+            for c in range(cw):
+                out[u, c0 + c] = acc[c]
 
 
-def history_times(batch: UserBatch, tiles: list[torch.Tensor]) -> torch.Tensor:
-    """Scores = (users' weighted histories) @ matrix, one column tile at a time.
+def column_tiles(matrix: torch.Tensor) -> np.ndarray:
+    """The columns of an items x items float32 matrix as [n_tiles, items, width] blocks (the last
+    one zero-padded), the layout `history_times` reads."""
+    m = matrix.detach().cpu().numpy()
+    n_rows, n_cols = m.shape
+    n_tiles = -(-n_cols // TILE_WIDTH)
+    tiles = np.empty((n_tiles, n_rows, TILE_WIDTH), np.float32)
+    for t in range(n_tiles):
+        block = m[:, t * TILE_WIDTH : (t + 1) * TILE_WIDTH]
+        tiles[t, :, : block.shape[1]] = block
+        tiles[t, :, block.shape[1] :] = 0.0
+    return tiles
 
-    Each output row depends only on that user's history, so results do not depend on the batch.
+
+def history_times(batch: UserBatch, tiles: np.ndarray, n_cols: int) -> torch.Tensor:
+    """Scores = (users' weighted histories) @ matrix, from the matrix's `column_tiles`.
+
+    A sparse x dense product with register-blocked rows: about twice as fast as torch's CSR x dense
+    product at the competition's size. Each output row depends only on that user's history, so
+    results do not depend on the batch.
     """
-    x = batch.csr()
-    n_cols = sum(t.shape[1] for t in tiles)
-    out = torch.empty(len(batch), n_cols, dtype=tiles[0].dtype)
-    s = 0
-    for t in tiles:
-        out[:, s : s + t.shape[1]] = x.to(t.dtype) @ t
-        s += t.shape[1]
-    return out
+    out = np.empty((len(batch), n_cols), np.float32)
+    _history_times(batch.indptr.numpy(), batch.indices.numpy(), batch.values.numpy().astype(np.float32, copy=False),
+                   tiles, out)
+    return torch.from_numpy(out)
