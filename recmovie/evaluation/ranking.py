@@ -33,24 +33,24 @@ def topk_unseen(scores: torch.Tensor, batch: UserBatch, k: int) -> tuple[torch.T
         raise FloatingPointError("the model produced NaN scores")
     if kk > k:
         tied = torch.nonzero(values[:, k] == values[:, k - 1]).flatten()
+        values, items = values[:, :k], items[:, :k]
         if len(tied):  # the k-th place is shared: take the lowest item ids among the tied ones
-            values, items = values[:, :k].clone(), items[:, :k].clone()
-            for r in tied.tolist():
-                values[r], items[r] = _canonical_topk(scores[r], k)
-        else:
-            values, items = values[:, :k], items[:, :k]
+            values, items = values.clone(), items.clone()
+            values[tied], items[tied] = _canonical_topk(scores[tied], values[tied, k - 1], k)
     by_item = torch.argsort(items, dim=1)
     values, items = values.gather(1, by_item), items.gather(1, by_item)
     by_score = torch.argsort(-values, dim=1, stable=True)
     return values.gather(1, by_score), items.gather(1, by_score)
 
 
-def _canonical_topk(row: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    threshold = torch.topk(row, k).values[-1]
-    above = torch.nonzero(row > threshold).flatten()
-    at = torch.nonzero(row == threshold).flatten()[: k - len(above)]
-    items = torch.cat([above, at])
-    return row[items], items
+def _canonical_topk(rows: torch.Tensor, threshold: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: every item above `threshold`, then the lowest-id items equal to it, k in all."""
+    above = rows > threshold[:, None]
+    at = rows == threshold[:, None]
+    need = k - above.sum(1, keepdim=True)
+    keep = above | (at & (at.cumsum(1) <= need))
+    items = torch.nonzero(keep)[:, 1].view(len(rows), k)  # row-major: each row's k items in id order
+    return rows.gather(1, items), items
 
 
 @torch.no_grad()
