@@ -51,3 +51,26 @@ def test_ties_are_broken_by_item_id_also_at_the_cut(data):
     for r in range(2):
         expected = ([5] if 5 not in seen[r] else []) + [i for i in range(data.n_items) if i not in seen[r] and i != 5]
         assert items[r].tolist() == expected[:4]
+
+
+def test_cpu_selection_equals_torch_topk_path(data):
+    """The fused numba pass and the torch path used on GPUs agree, ties and short lists included."""
+    from recmovie.evaluation.ranking import _torch_topk_unseen
+
+    batch = data.user_batch(np.arange(min(40, data.n_users)))
+    g = torch.Generator().manual_seed(0)
+    for scores in (torch.randn(len(batch), data.n_items, generator=g),
+                   torch.randint(0, 4, (len(batch), data.n_items), generator=g).float()):  # many ties
+        for k in (1, 10, data.n_items):  # k = every item: the seen ones come last, at -inf
+            values, items = topk_unseen(scores.clone(), batch, k)
+            ref_values, ref_items = _torch_topk_unseen(scores.clone(), batch, k)
+            assert torch.equal(items, ref_items)
+            assert torch.equal(values, ref_values)
+
+
+def test_nan_scores_are_refused(data):
+    batch = data.user_batch(np.array([0, 1]))
+    scores = torch.zeros(2, data.n_items)
+    scores[1, -1] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN"):
+        topk_unseen(scores, batch, 5)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numba import njit, prange
 
 from recmovie.data.prepare import PreparedData, UserBatch
 
@@ -19,14 +20,78 @@ class TopK:
 
 
 def topk_unseen(scores: torch.Tensor, batch: UserBatch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of each row after masking the batch's training items to -inf.
+    """Top-k of each row after masking the batch's training items to -inf, best first.
 
-    Equal scores are ordered by item id, also at the k-th place, so the result is the same for any
-    chunking of the users.
+    The order is total: score descending, equal scores by item id, also at the k-th place, so the
+    result is the same for any chunking of the users. CPU scores go through one fused numba pass
+    (mask + heap selection); other devices use torch.topk. Both give identical results. Overwrites
+    `scores` where the batch's training items are.
     """
     scores = scores.detach().float()
-    scores[batch.row_ids().to(scores.device), batch.indices.to(scores.device)] = -torch.inf
     k = min(k, scores.shape[1])
+    if scores.device.type == "cpu":
+        items = np.empty((scores.shape[0], k), np.int64)
+        values = np.empty((scores.shape[0], k), np.float32)
+        if _select_unseen(scores.contiguous().numpy(), batch.indptr.numpy(), batch.indices.numpy(), k, items, values):
+            raise FloatingPointError("the model produced NaN scores")
+        return torch.from_numpy(values), torch.from_numpy(items)
+    return _torch_topk_unseen(scores, batch, k)
+
+
+@njit(inline="always")
+def _worse(va, ia, vb, ib):  # pragma: no cover - numba
+    return va < vb or (va == vb and ia > ib)
+
+
+@njit(inline="always")
+def _sift_down(vals, items, pos, size):  # pragma: no cover - numba
+    v, i = vals[pos], items[pos]
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            break
+        if c + 1 < size and _worse(vals[c + 1], items[c + 1], vals[c], items[c]):
+            c += 1
+        if not _worse(vals[c], items[c], v, i):
+            break
+        vals[pos], items[pos] = vals[c], items[c]
+        pos = c
+    vals[pos], items[pos] = v, i
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _select_unseen(scores, indptr, indices, k, out_items, out_values):  # pragma: no cover - numba
+    # per row: mask the seen items, keep a k-heap whose root is the worst kept entry (lowest
+    # score, then highest id), then heap-sort it best first. Items arrive in id order, so an
+    # item equal to the root comes after it and never displaces it: ties go to the lowest ids.
+    n_rows, n = scores.shape
+    has_nan = np.zeros(n_rows, np.bool_)
+    for r in prange(n_rows):
+        row, vals, items = scores[r], out_values[r], out_items[r]
+        for p in range(indptr[r], indptr[r + 1]):
+            row[indices[p]] = -np.inf
+        for c in range(k):
+            vals[c], items[c] = row[c], c
+            has_nan[r] |= row[c] != row[c]
+        for c in range(k // 2 - 1, -1, -1):
+            _sift_down(vals, items, c, k)
+        for j in range(k, n):
+            v = row[j]
+            if v > vals[0]:
+                vals[0], items[0] = v, j
+                _sift_down(vals, items, 0, k)
+            elif v != v:
+                has_nan[r] = True
+        for end in range(k - 1, 0, -1):
+            v, i = vals[0], items[0]
+            vals[0], items[0] = vals[end], items[end]
+            vals[end], items[end] = v, i
+            _sift_down(vals, items, 0, end)
+    return has_nan.any()
+
+
+def _torch_topk_unseen(scores: torch.Tensor, batch: UserBatch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    scores[batch.row_ids().to(scores.device), batch.indices.to(scores.device)] = -torch.inf
     kk = min(k + 1, scores.shape[1])
     values, items = torch.topk(scores, kk, dim=1, sorted=True)
     if torch.isnan(values).any():

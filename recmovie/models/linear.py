@@ -20,7 +20,8 @@ class ItemItemModel(Recommender):
         self._tiles: np.ndarray | None = None
 
     def set_matrix(self, b: np.ndarray | torch.Tensor) -> None:
-        self.B = torch.as_tensor(b, dtype=torch.float32)
+        # row-major: the ranking kernel's tiles are cut from rows, and a column-major B costs a copy there
+        self.B = torch.as_tensor(b, dtype=torch.float32).contiguous()
         self._tiles = None
 
     def score(self, batch: UserBatch) -> torch.Tensor:
@@ -54,7 +55,9 @@ def regularised_inverse(x, reg: float | np.ndarray, dtype: torch.dtype = torch.f
         return p.mul_(scale[:, None]).mul_(scale[None, :])
     g = torch.from_numpy(gram(x)).to(dtype)
     g.diagonal().add_(reg)
-    return torch.cholesky_inverse(torch.linalg.cholesky(g))
+    # LAPACK hands back a column-major inverse; it is exactly symmetric, so its transpose is the
+    # same matrix in row-major order, and everything computed from it stays row-major
+    return torch.cholesky_inverse(torch.linalg.cholesky(g)).T
 
 
 class RidgeInverse:

@@ -84,17 +84,25 @@ def _history_times(indptr, indices, values, tiles, out):  # pragma: no cover - n
                 out[u, c0 + c] = acc[c]
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _fill_tiles(m, tiles):  # pragma: no cover - numba
+    n_rows, n_cols = m.shape
+    for t in prange(tiles.shape[0]):
+        c0 = t * TILE_WIDTH
+        cw = min(TILE_WIDTH, n_cols - c0)
+        for j in range(n_rows):
+            for c in range(cw):
+                tiles[t, j, c] = m[j, c0 + c]
+            for c in range(cw, TILE_WIDTH):
+                tiles[t, j, c] = 0.0
+
+
 def column_tiles(matrix: torch.Tensor) -> np.ndarray:
     """The columns of an items x items float32 matrix as [n_tiles, items, width] blocks (the last
     one zero-padded), the layout `history_times` reads."""
-    m = matrix.detach().cpu().numpy()
-    n_rows, n_cols = m.shape
-    n_tiles = -(-n_cols // TILE_WIDTH)
-    tiles = np.empty((n_tiles, n_rows, TILE_WIDTH), np.float32)
-    for t in range(n_tiles):
-        block = m[:, t * TILE_WIDTH : (t + 1) * TILE_WIDTH]
-        tiles[t, :, : block.shape[1]] = block
-        tiles[t, :, block.shape[1] :] = 0.0
+    m = np.ascontiguousarray(matrix.detach().cpu().numpy(), dtype=np.float32)
+    tiles = np.empty((-(-m.shape[1] // TILE_WIDTH), m.shape[0], TILE_WIDTH), np.float32)
+    _fill_tiles(m, tiles)
     return tiles
 
 
