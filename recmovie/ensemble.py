@@ -27,6 +27,7 @@ from recmovie.data.prepare import PreparedData
 from recmovie.errors import ConfigError, DataError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import TopK
+from recmovie.io import atomic_path
 from recmovie.submission import CANDIDATE_COLUMNS, write_candidates, write_submission
 from recmovie.tracking import download_run_file, flatten, resolve_tracking_uri, setup_mlflow, start_run
 
@@ -395,7 +396,8 @@ def run_ensemble(cfg: DictConfig) -> float | None:
         run.log_text(OmegaConf.to_yaml(logged), "config.yaml")
         table = member_table(members, weights, k)
         out_dir.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out_dir / "members.csv", index=False)
+        with atomic_path(out_dir / "members.csv") as tmp:
+            table.to_csv(tmp, index=False)
         write_submission(out_dir / "submission.csv", topk, data, k)
         write_candidates(out_dir / "candidates.csv", topk, data)
         run.log_metrics({**metrics, **search, "fit_seconds": fit_seconds, "filled_users": n_filled})

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from recmovie.config import CONF_DIR
 from recmovie.ensemble import PER_MODEL, model_of, search_experiment, select_runs
 from recmovie.errors import ConfigError
+from recmovie.io import atomic_path
 from recmovie.tracking import resolve_tracking_uri, setup_mlflow, start_run
 
 HIDDEN_PARTS = ("all", "last", "random")
@@ -87,7 +88,8 @@ def plot_recall(df: pd.DataFrame, k: int, path: Path) -> Path | None:
     ax.set_title(f"Recall@{k} by model and hidden part")
     ax.legend(title="hidden part")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -114,7 +116,8 @@ def plot_curves(client, df: pd.DataFrame, k: int, path: Path) -> Path | None:
     ax.set_title("validation curves")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -133,7 +136,8 @@ def write_report(cfg: DictConfig) -> Path:
     df = comparison_table(runs, k)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "report.csv", index=False)
+    with atomic_path(out / "report.csv") as tmp:
+        df.to_csv(tmp, index=False)
     bars = plot_recall(df, k, out / "recall_by_model.png")
     curves = plot_curves(client, df, k, out / "validation_curves.png")
     where = [f"split {cfg.split_name}"] * bool(cfg.split_name) + [f"`{cfg.filter}`"] * bool(cfg.filter)
@@ -142,7 +146,8 @@ def write_report(cfg: DictConfig) -> Path:
     notes.append(f"![Recall@{k}](recall_by_model.png)" if bars else "No run has holdout metrics (split=none): no bar chart.")
     notes.append("![validation curves](validation_curves.png)" if curves
                  else "No gradient-trained run logged validation curves.")
-    (out / "report.md").write_text(title + "\n\n" + to_markdown(df) + "\n" + "\n\n".join(notes) + "\n")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(title + "\n\n" + to_markdown(df) + "\n" + "\n\n".join(notes) + "\n")
 
     with start_run(uri, str(cfg.experiment), "report", {"model": "report", "filter": cfg.filter or "",
                                                          "report_split": cfg.split_name or ""},

@@ -136,13 +136,13 @@ def write_competition_folder(ds: Dataset, folder) -> None:
     from pathlib import Path
 
     from recmovie.data.dataset import SIDE_FILES
+    from recmovie.io import atomic_path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(
-        {"user": ds.user_ids[ds.user], "item": ds.item_ids[ds.item], "time": ds.time}
-    ).to_csv(folder / "train_ratings.csv", index=False)
+    with atomic_path(folder / "train_ratings.csv") as tmp:
+        pd.DataFrame({"user": ds.user_ids[ds.user], "item": ds.item_ids[ds.item], "time": ds.time}).to_csv(
+            tmp, index=False)
     for name, f in ds.side.items():
-        pd.DataFrame({"item": ds.item_ids[f.item], name: f.vocab[f.value]}).to_csv(
-            folder / SIDE_FILES[name], sep="\t", index=False
-        )
+        with atomic_path(folder / SIDE_FILES[name]) as tmp:
+            pd.DataFrame({"item": ds.item_ids[f.item], name: f.vocab[f.value]}).to_csv(tmp, sep="\t", index=False)
