@@ -24,8 +24,8 @@ def topk_unseen(scores: torch.Tensor, batch: UserBatch, k: int) -> tuple[torch.T
 
     The order is total: score descending, equal scores by item id, also at the k-th place, so the
     result is the same for any chunking of the users. CPU scores go through one fused numba pass
-    (mask + heap selection); other devices use torch.topk. Both give identical results. Overwrites
-    `scores` where the batch's training items are.
+    (mask + heap selection); other devices use torch.topk. Both give identical results. `scores`
+    may be overwritten where the batch's training items are: pass a tensor the caller can lose.
     """
     scores = scores.detach().float()
     k = min(k, scores.shape[1])
