@@ -65,6 +65,17 @@ def labels(df: pd.DataFrame) -> list[str]:
     return [m if counts[m] == 1 else f"{m} {r[:6]}" for m, r in zip(df["model"], df["run_id"])]
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG through a temporary file, and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
 def plot_recall(df: pd.DataFrame, k: int, path: Path) -> Path | None:
     """Grouped bars: Recall@k of each run overall and per hidden part."""
     import matplotlib
@@ -87,11 +98,7 @@ def plot_recall(df: pd.DataFrame, k: int, path: Path) -> Path | None:
     ax.set_ylabel(f"Recall@{k}")
     ax.set_title(f"Recall@{k} by model and hidden part")
     ax.legend(title="hidden part")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_curves(client, df: pd.DataFrame, k: int, path: Path) -> Path | None:
@@ -115,11 +122,7 @@ def plot_curves(client, df: pd.DataFrame, k: int, path: Path) -> Path | None:
     ax.set_ylabel(f"validation Recall@{k}")
     ax.set_title("validation curves")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(cfg: DictConfig) -> Path:
