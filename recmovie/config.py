@@ -1,6 +1,8 @@
-"""Config helpers: the `${sample_dir:}` resolver and validation that runs before any work."""
+"""Config helpers: the `${sample_dir:}` and `${run_token:}` resolvers and validation that runs before any work."""
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +17,12 @@ def register_resolvers() -> None:
         from recmovie.data.prepare import sample_dir
 
         OmegaConf.register_new_resolver("sample_dir", lambda: str(sample_dir()))
+    if not OmegaConf.has_resolver("run_token"):
+        # run folders are named by the second they start in: the process id and random digits keep
+        # two runs started in the same second apart. Cached like `now`, so that every reference in a
+        # config (and Hydra's copy of it for each sweep job) gets the same token.
+        OmegaConf.register_new_resolver("run_token", lambda: f"{os.getpid():x}{secrets.token_hex(2)}",
+                                        use_cache=True)
 
 
 register_resolvers()
@@ -39,12 +47,11 @@ def check_run_config(cfg: DictConfig) -> None:
         raise ConfigError("candidates.n", f"must be >= eval.k ({k}), got {n}")
     check_data_config(cfg.data)
     _check_split(cfg.split, "split")
-    if cfg.refit.enabled:
-        if cfg.split.name != "none":
-            raise ConfigError("refit.enabled", "needs split=none (with a holdout, training already keeps the best epoch)")
-        _check_split(cfg.refit.split, "refit.split")
-        if cfg.refit.split.name == "none":
-            raise ConfigError("refit.split", "needs a holdout to find the best epoch on, e.g. split@refit.split=competition")
+    _check_split(cfg.validation, "validation")
+    if cfg.refit not in ("auto", True, False):
+        raise ConfigError("refit", f"must be auto, true or false, got {cfg.refit!r}")
+    if cfg.refit is True and cfg.validation.name == "none":
+        raise ConfigError("refit", "needs a validation part to select on (validation=none): split@validation=competition")
     check_confidence_config(cfg.confidence)
 
 

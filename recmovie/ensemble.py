@@ -5,8 +5,10 @@ Methods (w = a member's weight, r = the rank it gave the item, from 1):
                counts as rank top_n + 1 (the seed team's hard voting)
   rrf          reciprocal-rank fusion (Cormack et al. 2009): sum(w / (rrf_k + r)), unlisted items add 0
   score_blend  sum(w * s): s = the member's score min-max normalised over the user's top_n, unlisted 0
-Ties: the first member's rank, then the item id. Members must share the data and the split, so
-the ensemble is scored on the same holdout as its members, where weights can also be searched.
+Ties: the first member's rank, then the item id. Members must share the data, the split and the
+validation part, so the ensemble is scored on the same test part as its members. Weights are
+searched on the VALIDATION part: each member's `val_candidates.csv` (ranked by the member as fitted
+without the validation part); the test part is only scored, with the weights found.
 """
 from __future__ import annotations
 
@@ -114,7 +116,7 @@ def find_members(client, cfg: DictConfig) -> list:
 def check_members(members: list, top_n: int) -> None:
     """Same data fingerprint and split config for all, and enough saved candidates for top_n."""
     def identity(run):
-        split = {k: v for k, v in run.data.params.items() if k.startswith("split.")}
+        split = {k: v for k, v in run.data.params.items() if k.startswith(("split.", "validation."))}
         return run.data.params.get("data_fingerprint"), tuple(sorted(split.items()))
 
     groups: dict = {}
@@ -351,8 +353,8 @@ def run_ensemble(cfg: DictConfig) -> float | None:
     members = find_members(client, cfg)
     check_members(members, top_n)
     if cfg.search.method is not None and members[0].data.params.get("split.name") == "none":
-        raise ConfigError("search.method", "weights are searched on a holdout, but the members were trained "
-                          "with split=none: search on runs with split=competition, then pass their weights")
+        raise ConfigError("search.method", "weights are searched on a validation part, but the members were "
+                          "trained with split=none: search on runs with split=competition, then pass their weights")
     weights = member_weights(cfg.weights, members) if cfg.search.method is None else None
     base = members[0]
     with tempfile.TemporaryDirectory(prefix="recmovie-ensemble-") as tmp:
@@ -364,12 +366,19 @@ def run_ensemble(cfg: DictConfig) -> float | None:
                             f"the data changed since run {base.info.run_id} was trained (fingerprint differs)")
         lists = [read_candidates(_artifact(uri, r, "candidates.csv", tmp), data, top_n, f"run {r.info.run_id}")
                  for r in members]
+        if weights is None:
+            val_data = data.fit_part()
+            if not len(val_data.holdout):
+                raise ConfigError("search.method", "the members hold no validation part (validation=none): "
+                                  "train them with split@validation=competition to search weights")
+            val_lists = [read_candidates(_validation_candidates(uri, r, tmp), val_data, top_n,
+                                         f"run {r.info.run_id} (validation)") for r in members]
     t0 = time.perf_counter()
     pool = build_pool(lists, data.n_items, top_n)
     search = {}
     if weights is None:
-        weights, best_recall, trials = search_weights(pool, data, cfg)
-        search = {f"search_recall_at_{k}": best_recall, "search_trials": trials}
+        weights, best_recall, trials = search_weights(build_pool(val_lists, data.n_items, top_n), val_data, cfg)
+        search = {f"val_recall_at_{k}": best_recall, "search_trials": trials}
     topk, n_filled = ranked_lists(pool, fuse(pool, cfg.method, weights, float(cfg.rrf_k)), data,
                                   int(cfg.candidates.n), k)
     fit_seconds = time.perf_counter() - t0
@@ -384,7 +393,8 @@ def run_ensemble(cfg: DictConfig) -> float | None:
         model={"name": "ensemble", "method": cfg.method, "top_n": top_n,
                **({"rrf_k": cfg.rrf_k} if cfg.method == "rrf" else {}),
                "weights": [round(float(w), 4) for w in weights], "members": ids, "member_models": models},
-        **{key: OmegaConf.to_container(base_cfg[key], resolve=True) for key in ("data", "split", "confidence")},
+        **{key: OmegaConf.to_container(base_cfg[key], resolve=True) for key in ("data", "split", "validation", "confidence")
+           if key in base_cfg},
     )
     tags = {"model": "ensemble", "method": cfg.method, "data": base_cfg.data.name, "split": base_cfg.split.name,
             "members": ",".join(ids), "member_models": ",".join(models), "data_fingerprint": data.fingerprint}
@@ -405,6 +415,14 @@ def run_ensemble(cfg: DictConfig) -> float | None:
             run.log_artifact(out_dir / name)
         print_summary(cfg, table, metrics, search, k, out_dir, run.run_id)
     return metrics.get(f"recall_at_{k}")
+
+
+def _validation_candidates(uri: str, run, dst: str) -> Path:
+    names = {a.path for a in setup_mlflow(uri).MlflowClient(uri).list_artifacts(run.info.run_id)}
+    if "val_candidates.csv" not in names:
+        raise ConfigError("search.method", f"run {run.info.run_id} ({model_of(run)}) has no val_candidates.csv "
+                          "(trained without a validation part, or by an older version): retrain it to search weights")
+    return _artifact(uri, run, "val_candidates.csv", dst)
 
 
 def _artifact(uri: str, run, name: str, dst: str) -> Path:
@@ -440,7 +458,8 @@ def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int,
         lines.append("  members trained with split=none: no metrics")
     if search:
         w = ",".join(f"{x:g}" for x in table["weight"])
-        lines.append(f"  searched weights ({cfg.search.method}, {search['search_trials']} tried): weights=[{w}]")
+        lines.append(f"  searched weights ({cfg.search.method}, {search['search_trials']} tried on the validation "
+                     f"part, val Recall@{k} {search[f'val_recall_at_{k}']:.4f}): weights=[{w}]")
     lines.append(f"  submission: {out_dir / 'submission.csv'}")
     if run_id:
         lines.append(f"  mlflow run: {run_id}")

@@ -22,3 +22,13 @@ class ConfigError(RecmovieError, ValueError):
     def __init__(self, key: str, problem: str):
         self.key = key
         super().__init__(f"config `{key}`: {problem}")
+
+
+class TrackingError(RecmovieError):
+    """The MLflow store cannot be opened or created; raised before any work starts."""
+
+    def __init__(self, uri: str, problem: str):
+        self.uri = uri
+        self.problem = problem
+        super().__init__(f"cannot open the MLflow store {uri}: {problem} "
+                         f"(set tracking.uri or MLFLOW_TRACKING_URI, or tracking.enabled=false)")

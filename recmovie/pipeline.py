@@ -1,9 +1,17 @@
-"""One run: config -> data -> fit -> rank -> metrics -> submission + candidates -> MLflow."""
+"""One run: config -> data -> fit (selecting on validation) -> rank -> metrics -> outputs -> MLflow.
+
+The three parts of the data (recmovie/data/prepare.py): the model fits on the FIT part, selects
+(early stopping, epoch count) on the VALIDATION part, and is scored on the TEST part, which
+nothing that selects ever sees. A run logs the validation figures as `val_*` and the test figures
+under their plain names (`recall_at_10`, ...).
+"""
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,52 +23,97 @@ from recmovie.data.prepare import PreparedData, prepare_data
 from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import TopK, rank
-from recmovie.models.base import Recommender, build_model, load_checkpoint, save_checkpoint
+from recmovie.models.base import Recommender, build_model, load_checkpoint, plain, save_checkpoint
+from recmovie.schema import Schema
 from recmovie.submission import write_candidates, write_submission
-from recmovie.tracking import flatten, resolve_tracking_uri, start_run
+from recmovie.tracking import flatten, resolve_tracking_uri, run_name, start_run
 
 log = logging.getLogger(__name__)
+
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def is_global_zero() -> bool:
+    """Whether this process is DDP's global rank zero (or no DDP at all). Read from the launchers'
+    environment variables, before any Trainer exists: Lightning's `ddp` strategy, torchrun and
+    SLURM start the other ranks as copies of the command, which must train but not track or write."""
+    return all(int(os.environ.get(v, "0") or 0) == 0 for v in RANK_VARIABLES)
 
 
 def load_data(cfg: DictConfig, split: DictConfig | None = None) -> PreparedData:
     cache_dir = cfg.paths.cache_dir if cfg.data.get("cache", True) else None
-    return prepare_data(cfg.data, split or cfg.split, cfg.confidence, cache_dir)
+    return prepare_data(cfg.data, split or cfg.split, cfg.confidence, cache_dir, cfg.get("validation"))
 
 
-def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> float | None:
-    """Fit; returns the best validation Recall@k of a gradient model (None without a holdout).
+def fit_mode(cfg: DictConfig, model: Recommender) -> str:
+    """`validate`: fit on the fit part, select on validation, keep that model; `refit`: then fit a
+    fresh copy on the whole training part (for the epoch count found); `everything`: fit once on the
+    whole training part, no validation (closed-form models with split=none: nothing to select)."""
+    has_val = cfg.validation.name != "none"
+    if cfg.refit == "auto":
+        if cfg.split.name == "none":
+            return "refit" if model.trained and has_val else "everything"
+        return "validate" if has_val else "everything"
+    return "refit" if cfg.refit else ("validate" if has_val else "everything")
 
-    With `refit.enabled` (split=none), a copy of the untrained model first early-stops on the
-    holdout of `refit.split` carved from the training data; the model then trains on everything for
-    that copy's best number of epochs."""
+
+@dataclass
+class Fitted:
+    """What fitting produced: the final model, and the validation ranking it was selected by."""
+
+    model: Recommender
+    val_topk: TopK | None = None
+    val_metrics: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # epochs, best_epoch, refit_epochs
+
+
+def _fit_once(model: Recommender, train: PreparedData, val: PreparedData | None, cfg: DictConfig, run,
+              max_epochs: int | None = None, prefix: str = "") -> dict:
     if not model.trained:
-        model.fit(data)
+        model.fit(train)
         for step, metrics in model.fit_log:
-            run.log_metrics(metrics, step=step)
-        return None
-    from recmovie.models.lightning import fit_lightning
+            run.log_metrics({(f"{prefix}-{k}" if prefix else k): v for k, v in metrics.items()}, step=step)
+        return {}
+    from recmovie.training import fit_lightning, run_logger
 
-    if not cfg.refit.enabled:
-        found = fit_lightning(model, data, cfg, run)
-        return found["best_score"] if len(data.holdout) else None
-    probe = copy.deepcopy(model)  # same initial weights as the final model
-    found = fit_lightning(probe, load_data(cfg, cfg.refit.split), cfg, run)
-    epochs = max(found["best_epoch"] + 1, 1)
-    log.info("refit: the holdout's best epoch is %d; training on everything for %d epochs", found["best_epoch"], epochs)
-    run.log_metrics({"refit_epochs": epochs})
-    fit_lightning(model, data, cfg, run, max_epochs=epochs, prefix="refit_")
-    return found["best_score"]
+    logger = run_logger(run.run_id, resolve_tracking_uri(cfg.tracking.uri), prefix)
+    return fit_lightning(model, train, val, cfg, logger, max_epochs=max_epochs)
+
+
+def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> Fitted:
+    """Fit as `fit_mode` says; rank the validation users with the selected model."""
+    mode = fit_mode(cfg, model)
+    if mode == "everything":
+        return Fitted(model, info=_fit_once(model, data, None, cfg, run))
+    fit_data = data.fit_part()
+    fresh = copy.deepcopy(model) if mode == "refit" else None  # same initial weights as the probe
+    info = _fit_once(model, fit_data, fit_data, cfg, run)
+    val_users = np.unique(fit_data.holdout.user).astype(np.int64)
+    val_topk = rank(model, fit_data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size), users=val_users)
+    k = int(cfg.eval.k)
+    val_metrics = {f"val_{key}": v for key, v in evaluate(val_topk.items, val_topk.users, fit_data.holdout,
+                                                          data.n_users, k).items()}
+    if mode == "refit":
+        epochs = None
+        if model.trained:
+            epochs = info["best_epoch"] or info["epochs"]
+            log.info("refit: %d epochs (the validation part's best); training on the whole training part", epochs)
+            info["refit_epochs"] = epochs
+        _fit_once(fresh, data, None, cfg, run, max_epochs=epochs, prefix="refit")  # curves: refit-train_loss, ...
+        model = fresh
+    return Fitted(model, val_topk, val_metrics, info)
 
 
 def hydra_context() -> dict[str, str]:
-    """Sweep membership and overrides of the current Hydra job (empty outside Hydra)."""
+    """Sweep membership, overrides and log file of the current Hydra job (empty outside Hydra)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         hc = HydraConfig.get()
     except (ImportError, ValueError):
         return {}
-    out = {"hydra_overrides": " ".join(hc.overrides.task) or "(none)"}
+    out = {"hydra_overrides": " ".join(hc.overrides.task) or "(none)", "overrides": list(hc.overrides.task),
+           "log_file": str(Path(hc.runtime.output_dir) / f"{hc.job.name}.log")}
     if str(hc.mode) == "RunMode.MULTIRUN":
         out["sweep_id"] = Path(hc.sweep.dir).name
         out["sweep_dir"] = str(Path(hc.sweep.dir).resolve())
@@ -68,7 +121,7 @@ def hydra_context() -> dict[str, str]:
     return out
 
 
-def write_outputs(out_dir: Path, model: Recommender, data: PreparedData, topk: TopK, k: int) -> dict[str, Path]:
+def write_outputs(out_dir: Path, data: PreparedData, topk: TopK, k: int) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     return {
         "submission": write_submission(out_dir / "submission.csv", topk, data, k),
@@ -77,70 +130,104 @@ def write_outputs(out_dir: Path, model: Recommender, data: PreparedData, topk: T
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Run one training job; returns validation Recall@k (None without a holdout) for sweepers."""
+    """Run one training job; returns the validation Recall@k (what sweepers select on; None
+    without a validation part)."""
     check_run_config(cfg)
     loss = cfg.loss.name if cfg.get("loss") and cfg.loss.name != "default" else None
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), loss=loss)
-    if cfg.refit.enabled and not model.trained:
-        raise ConfigError("refit.enabled", f"model {cfg.model.name} is fitted in closed form: it has no epochs to choose")
+    if model.trained:
+        from recmovie.training import trainer_arguments
+
+        trainer_arguments(cfg.trainer)  # an unknown Trainer key fails now, not after the data is read
+    mode = fit_mode(cfg, model)
+    rank_zero = is_global_zero()
     out_dir = Path(cfg.paths.output_dir)
     k = int(cfg.eval.k)
     ctx = hydra_context()
+    log_file, overrides = ctx.pop("log_file", None), ctx.pop("overrides", [])
     kinds = list(cfg.confidence.get("kinds") or [])
     tags = {"model": cfg.model.name, "data": cfg.data.name, "split": cfg.split.name,
-            "loss": model.params.get("loss", "none"),
+            "validation": cfg.validation.name, "fit_mode": mode, "loss": model.params.get("loss", "none"),
             "confidence": "+".join(kinds) or "none", "output_dir": str(out_dir.resolve()), **ctx}
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    with start_run(resolve_tracking_uri(cfg.tracking.uri), str(cfg.tracking.experiment),
-                   cfg.tracking.get("run_name") or f"{cfg.model.name}", tags, cfg.tracking.enabled) as run:
-        run.log_params(flatten(resolved))
-        run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-        data = load_data(cfg)
-        run.log_params({"data_fingerprint": data.fingerprint})
-        run.set_tags({"data_fingerprint": data.fingerprint, "data_cache": data.info["cache"]})
-        torch.manual_seed(int(cfg.seed))  # initial weights of gradient models
-        model.build(data.n_users, data.n_items)
+    name = cfg.tracking.get("run_name") or run_name(str(cfg.model.name), overrides)
+    with start_run(resolve_tracking_uri(cfg.tracking.uri), str(cfg.tracking.experiment), name, tags,
+                   bool(cfg.tracking.enabled) and rank_zero) as run:
+        try:
+            # locations are tags, not params: a comparison view should not plot them
+            run.log_params({k_: v for k_, v in flatten(resolved).items() if not k_.startswith("paths.")})
+            run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+            data = load_data(cfg)
+            run.log_params({"data_fingerprint": data.fingerprint})
+            run.set_tags({"data_fingerprint": data.fingerprint, "data_cache": data.info["cache"]})
+            torch.manual_seed(int(cfg.seed))  # initial weights of gradient models
+            schema = Schema.from_data(data)
+            model.build(schema)
 
-        t0 = time.perf_counter()
-        val_score = fit_model(model, data, cfg, run)
-        fit_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size))
-        predict_seconds = time.perf_counter() - t0
-        metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)
+            t0 = time.perf_counter()
+            fitted = fit_model(model, data, cfg, run)
+            fit_seconds = time.perf_counter() - t0
+            if not rank_zero:  # another DDP process: it has trained its share; rank zero writes
+                return None
+            model = fitted.model
+            t0 = time.perf_counter()
+            topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size))
+            predict_seconds = time.perf_counter() - t0
+            metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)
 
-        paths = write_outputs(out_dir, model, data, topk, k)
-        ckpt = model.checkpoint()
-        ckpt.update(config=resolved, data_fingerprint=data.fingerprint,
-                    item_ids=data.dataset.item_ids, user_ids=data.dataset.user_ids)
-        # large (an EASE matrix is n_items^2 floats): written once, straight into a local store
-        model_dir = run.local_artifact_dir()
-        model_path = (model_dir / "model" if model_dir else out_dir) / "model.pt"
-        save_checkpoint(ckpt, model_path)
-        timings = {"fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
-                   "data_seconds": data.info["seconds"]}
-        run.log_metrics({**metrics, **timings})
-        run.log_artifact(paths["submission"])
-        run.log_artifact(paths["candidates"])
-        if model_dir is None:
-            run.log_artifact(model_path, "model")
-        run.set_tags({"checkpoint": str(model_path)})
-        report(cfg.model.name, data, metrics, timings, out_dir, run.run_id, model_path)
-    # the sweepers' objective: the run's Recall@k, or with refit the holdout's best
-    return metrics.get(f"recall_at_{k}", val_score)
+            paths = write_outputs(out_dir, data, topk, k)
+            if fitted.val_topk is not None:
+                paths["val_candidates"] = write_candidates(out_dir / "val_candidates.csv", fitted.val_topk, data)
+            ckpt = model.checkpoint()
+            ckpt.update(config=resolved, data_fingerprint=data.fingerprint,
+                        item_ids=plain(data.dataset.item_ids), user_ids=plain(data.dataset.user_ids))
+            # large (an EASE matrix is n_items^2 floats): written once, straight into a local store
+            model_dir = run.local_artifact_dir()
+            model_path = (model_dir / "model" if model_dir else out_dir) / "model.pt"
+            save_checkpoint(ckpt, model_path)
+            timings = {"fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
+                       "data_seconds": data.info["seconds"]}
+            epochs = {key: float(v) for key, v in fitted.info.items() if v is not None and key != "best_score"}
+            # the selection figures one step past the training curves (epochs count from 1), so
+            # MLflow's latest value of val_recall_at_k is the kept model's
+            run.log_metrics(fitted.val_metrics, step=int(fitted.info.get("epochs") or 0) + 1)
+            run.log_metrics({**metrics, **timings, **epochs})
+            for path in paths.values():
+                run.log_artifact(path)
+            if model_dir is None:
+                run.log_artifact(model_path, "model")
+            run.set_tags({"checkpoint": str(model_path)})
+            report(cfg.model.name, data, fitted.val_metrics, metrics, timings, out_dir, run.run_id, model_path)
+        finally:
+            if log_file and Path(log_file).is_file():
+                run.log_artifact(log_file)
+    return fitted.val_metrics.get(f"val_recall_at_{k}")
 
 
-def report(name: str, data: PreparedData, metrics: dict, timings: dict, out_dir: Path, run_id: str | None,
-           checkpoint: Path | None = None) -> None:
+def _metric_rows(metrics: dict, prefix: str, label: str, k: str) -> list[str]:
+    parts = sorted({key.rsplit("_", 1)[-1] for key in metrics if key.startswith(prefix + "recall_at_")
+                    and not key[-1].isdigit()})
+    rows = []
+    for part, suffix in [("all", "")] + [(p, f"_{p}") for p in parts]:
+        rows.append(f"  {label:<11} {part:<8} {metrics[f'{prefix}recall_at_{k}{suffix}']:>10.4f} "
+                    f"{metrics[f'{prefix}ndcg_at_{k}{suffix}']:>9.4f}")
+    return rows
+
+
+def report(name: str, data: PreparedData, val_metrics: dict, metrics: dict, timings: dict, out_dir: Path,
+           run_id: str | None, checkpoint: Path | None = None) -> None:
+    """The console summary: validation figures (what selected the model) and test figures (what
+    nothing selected on), each overall and per hidden part."""
     lines = [f"model {name}: {data.n_users} users, {data.n_items} items, data cache {data.info['cache']}"]
+    k = next((key.split("_")[2] for key in [*metrics, *(m[4:] for m in val_metrics)] if key.startswith("recall_at_")), None)
+    if k is not None:
+        lines.append(f"  {'':<11} {'part':<8} {'Recall@' + k:>10} {'NDCG@' + k:>9}")
+    if val_metrics:
+        lines += _metric_rows(val_metrics, "val_", "validation", k)
     if metrics:
-        parts = sorted({key.rsplit("_", 1)[-1] for key in metrics if not key[-1].isdigit()})
-        k = next(key for key in metrics if key.startswith("recall_at_")).split("_")[2]
-        lines.append(f"  {'part':<8} {'Recall@' + k:>10} {'NDCG@' + k:>9}")
-        for part, suffix in [("all", "")] + [(p, f"_{p}") for p in parts]:
-            lines.append(f"  {part:<8} {metrics[f'recall_at_{k}{suffix}']:>10.4f} {metrics[f'ndcg_at_{k}{suffix}']:>9.4f}")
+        lines += _metric_rows(metrics, "", "test", k)
     else:
-        lines.append("  no hidden interactions (split=none): no metrics")
+        lines.append("  test: nothing hidden (split=none): no test metrics")
     lines.append("  " + ", ".join(f"{key} {v:.2f}" for key, v in timings.items()))
     lines.append(f"  submission: {out_dir / 'submission.csv'}")
     if checkpoint:
@@ -171,14 +258,14 @@ def predict(cfg: DictConfig) -> Path:
     train_cfg.paths.cache_dir = cfg.paths.cache_dir
     model = Recommender.from_checkpoint(ckpt)
     data = load_data(train_cfg)
-    if not np.array_equal(data.dataset.item_ids, ckpt["item_ids"]):
+    if not np.array_equal(data.dataset.item_ids, ckpt["item_ids"].numpy()):
         raise ConfigError("data_dir", "the data's items differ from the items the model was trained on")
-    if model.per_user_state and not np.array_equal(data.dataset.user_ids, ckpt["user_ids"]):
+    if model.per_user_state and not np.array_equal(data.dataset.user_ids, ckpt["user_ids"].numpy()):
         raise ConfigError("data_dir", "this model holds per-user parameters; the data's users differ from its own")
     out_dir = Path(cfg.paths.output_dir)
     k = int(cfg.eval.k)
     topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size))
     metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)
-    write_outputs(out_dir, model, data, topk, k)
-    report(train_cfg.model.name, data, metrics, {}, out_dir, cfg.run_id)
+    write_outputs(out_dir, data, topk, k)
+    report(train_cfg.model.name, data, {}, metrics, {}, out_dir, cfg.run_id)
     return out_dir / "submission.csv"

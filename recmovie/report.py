@@ -40,7 +40,9 @@ def key_params(run) -> str:
 
 
 def comparison_table(runs: list, k: int) -> pd.DataFrame:
-    metrics = [f"recall_at_{k}", f"recall_at_{k}_last", f"recall_at_{k}_random", f"ndcg_at_{k}", "fit_seconds"]
+    # val_: the figure runs were selected by; the rest: the test part, which nothing selected on
+    metrics = [f"val_recall_at_{k}", f"recall_at_{k}", f"recall_at_{k}_last", f"recall_at_{k}_random",
+               f"ndcg_at_{k}", "fit_seconds"]
     return pd.DataFrame([
         {"model": model_of(r), "run_id": r.info.run_id, "split": r.data.tags.get("split", ""),
          "params": key_params(r), **{m: r.data.metrics.get(m, np.nan) for m in metrics}}
@@ -111,7 +113,8 @@ def plot_curves(client, df: pd.DataFrame, k: int, path: Path) -> Path | None:
     curves = []
     for label, run_id in zip(labels(df), df["run_id"]):
         history = sorted(client.get_metric_history(run_id, f"val_recall_at_{k}"), key=lambda m: m.step)
-        if history:
+        if len(history) > 2:  # a closed-form run has one validation figure, not a curve
+            history = history[:-1]  # the last point, one step past the epochs, is the kept model's figure
             curves.append((label, [m.step for m in history], [m.value for m in history]))
     if not curves:
         return None

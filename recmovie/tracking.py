@@ -2,14 +2,20 @@
 
 Logged per run: the git commit (+ the diff when the tree is dirty), the resolved config as params
 and as config.yaml, the Hydra overrides, a fingerprint of the input data, the sweep a job belongs
-to, metrics, and artifacts. A crash marks the run FAILED with its traceback attached.
+to, the Python environment (versions as tags, every installed package in environment.txt), metrics,
+and artifacts. A crash marks the run FAILED with its traceback attached.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import importlib.metadata
 import logging
 import os
+import platform
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -17,6 +23,9 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from recmovie.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +43,29 @@ def _sqlite_path(uri: str) -> Path | None:
     return None
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on a file beside a sqlite store (nothing for other stores): parallel jobs
+    that each find an empty database all create its tables, and all but one fail."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f"{db.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, also if the process dies
+        yield
+
+
 def setup_mlflow(uri: str):
-    """Point MLflow at `uri` (creating the folder of a sqlite store) and return the module."""
+    """Point MLflow at `uri` and return the module. A sqlite store (and its folder) is created
+    here, under a lock, so that parallel jobs can share a fresh one."""
     import mlflow
 
-    db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    if _sqlite_path(uri) is not None:
+        with _store_lock(uri):
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
     return mlflow
 
 
@@ -93,23 +117,67 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-class Run:
-    """The MLflow run of a job. Opening it (importing MLflow, opening the store) and every logging
-    call run in order on one background thread, so they overlap with the job's own work; `run_id`
-    and `local_artifact_dir` wait for the opening. Every call is a no-op when tracking is disabled."""
+# overrides that say where things are, not how the model was trained
+_LOCATION_KEYS = ("paths", "tracking", "hydra", "data.dir")
+MAX_RUN_NAME = 250
 
-    def __init__(self, executor: ThreadPoolExecutor | None = None, opened: Future | None = None):
+
+def run_name(model_name: str, overrides: list[str]) -> str:
+    """A run name that tells sweep jobs apart: the model's name and the Hydra task overrides, e.g.
+    "recvae beta=0.1 dropout=0.3" for `model=recvae model.beta=0.1 model.dropout=0.3`."""
+    parts = [model_name]
+    for override in overrides:
+        override = override.lstrip("+")
+        key = override.split("=", 1)[0]
+        if key == "model" or any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in _LOCATION_KEYS):
+            continue
+        parts.append(override.removeprefix("model."))
+    name = " ".join(parts)
+    return name if len(name) <= MAX_RUN_NAME else name[: MAX_RUN_NAME - 3] + "..."
+
+
+def _version(*distributions: str) -> str:
+    """The installed version of the first of `distributions` found (read without importing it)."""
+    for d in distributions:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(d)
+    return "not installed"
+
+
+def environment_tags() -> dict[str, str]:
+    return {"python_version": platform.python_version(), "torch_version": _version("torch"),
+            "lightning_version": _version("pytorch-lightning", "lightning"), "mlflow_version": _version("mlflow")}
+
+
+def environment_text() -> str:
+    """Python, platform and every installed distribution as name==version: what to install to rerun."""
+    names = {}
+    for d in importlib.metadata.distributions():
+        name = d.metadata["Name"]
+        if name:  # a broken install can leave a distribution without metadata
+            names.setdefault(name.lower(), f"{name}=={d.version}")
+    return (f"python {sys.version.splitlines()[0]}\nexecutable {sys.executable}\nplatform {platform.platform()}\n\n"
+            + "".join(f"{line}\n" for _, line in sorted(names.items())))
+
+
+class Run:
+    """The MLflow run of a job, opened before the job starts. Every logging call runs in order on
+    one background thread, so it overlaps with the job's own work; `flush` waits for them. Every
+    call is a no-op when tracking is disabled."""
+
+    def __init__(self, executor: ThreadPoolExecutor | None = None, client: Any = None, run_id: str | None = None):
         self._executor = executor
-        self._opened = opened
+        self._client = client
+        self._run_id = run_id
         self._pending: list[Future] = []
 
     @property
     def enabled(self) -> bool:
-        return self._opened is not None
+        return self._client is not None
 
     @property
     def run_id(self) -> str | None:
-        return self._opened.result()[1] if self.enabled else None
+        return self._run_id
 
     def _submit(self, fn, *args) -> None:
         if self.enabled:
@@ -133,63 +201,83 @@ class Run:
             self._submit(self._set_tags, dict(tags))
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self._submit(lambda: self._opened.result()[0].log_artifact(self.run_id, str(path), artifact_path=folder))
+        self._submit(lambda: self._client.log_artifact(self._run_id, str(path), artifact_path=folder))
 
     def log_text(self, text: str, name: str) -> None:
-        self._submit(lambda: self._opened.result()[0].log_text(self.run_id, text, name))
+        self._submit(lambda: self._client.log_text(self._run_id, text, name))
 
     def local_artifact_dir(self) -> Path | None:
         """The run's artifact folder when the store is on this machine (files can be written there
         directly instead of being copied), else None."""
         if not self.enabled:
             return None
-        from urllib.parse import unquote, urlparse
+        from urllib.parse import unquote
 
-        client, run_id = self._opened.result()
-        parsed = urlparse(client.get_run(run_id).info.artifact_uri)
+        parsed = urlparse(self._client.get_run(self._run_id).info.artifact_uri)
         if parsed.scheme in ("", "file"):
             return Path(unquote(parsed.path))
         return None
 
-    # -- executed on the background thread, after the opening
+    # -- executed on the background thread
     def _log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        client, run_id = self._opened.result()
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for s in range(0, len(items), 100):
-            client.log_batch(run_id, params=items[s : s + 100])
+            self._client.log_batch(self._run_id, params=items[s : s + 100])
 
     def _log_metrics(self, metrics: dict[str, float], step: int | None, timestamp: int) -> None:
         from mlflow.entities import Metric
 
-        client, run_id = self._opened.result()
         items = [Metric(k, v, timestamp, step or 0) for k, v in metrics.items()]
         for s in range(0, len(items), 500):
-            client.log_batch(run_id, metrics=items[s : s + 500])
+            self._client.log_batch(self._run_id, metrics=items[s : s + 500])
 
     def _set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        client, run_id = self._opened.result()
-        client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self._client.log_batch(self._run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def _log_git_state(self) -> None:
+        git = git_state()
+        self._set_tags({"mlflow.source.git.commit": git["commit"], "git_commit": git["commit"],
+                        "git_branch": git["branch"], "git_dirty": git["dirty"]})
+        if git["diff"]:
+            self._client.log_text(self._run_id, git["diff"], "git_diff.patch")
 
 
-def _open_run(uri: str, experiment: str, run_name: str, tags: dict[str, Any]):
-    mlflow = setup_mlflow(uri)
-    client = mlflow.MlflowClient(uri)
-    exp_id = get_experiment_id(client, experiment, uri)
-    git = git_state()
-    all_tags = {
-        "mlflow.source.git.commit": git["commit"],
-        "git_commit": git["commit"],
-        "git_branch": git["branch"],
-        "git_dirty": git["dirty"],
-        **tags,
-    }
-    run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
-    if git["diff"]:
-        client.log_text(run.info.run_id, git["diff"], "git_diff.patch")
+def _check_reachable(uri: str) -> None:
+    """Fail at once on a tracking server nobody answers at: MLflow retries for minutes."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        socket.create_connection((parsed.hostname, port), timeout=10).close()
+    except (OSError, ValueError) as e:
+        raise TrackingError(uri, f"cannot connect to {parsed.netloc} ({e})") from None
+
+
+def _problem(e: Exception) -> str:
+    """One line on why the store failed (database errors run over several lines, with the SQL)."""
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.strerror}: {e.filename}"
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def _open_run(uri: str, experiment: str, name: str, tags: dict[str, Any]):
+    """Create the run (and the store and experiment if new); a TrackingError if it cannot."""
+    _check_reachable(uri)
+    try:
+        mlflow = setup_mlflow(uri)
+        client = mlflow.MlflowClient(uri)
+        with _store_lock(uri):  # parallel jobs of a new sweep create its experiment together
+            exp_id = get_experiment_id(client, experiment, uri)
+        run = client.create_run(exp_id, run_name=name,
+                                tags={k: str(v) for k, v in {**environment_tags(), **tags}.items()})
+    except Exception as e:
+        raise TrackingError(uri, _problem(e)) from e
     return client, run.info.run_id
 
 
@@ -197,30 +285,34 @@ def _open_run(uri: str, experiment: str, run_name: str, tags: dict[str, Any]):
 def start_run(
     uri: str, experiment: str, run_name: str, tags: dict[str, Any], enabled: bool = True
 ) -> Iterator[Run]:
-    """An MLflow run around a job: FINISHED when the block ends, FAILED (+ traceback.txt) if it raises."""
+    """An MLflow run around a job: FINISHED when the block ends, FAILED (+ traceback.txt) if it raises.
+    The run is open before the block starts (its start time is the job's), so a store that cannot be
+    opened raises TrackingError before any work is done."""
     if not enabled:
         yield Run()
         return
+    client, run_id = _open_run(uri, experiment, run_name, tags)
     executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow")
-    run = Run(executor, executor.submit(_open_run, uri, experiment, run_name, tags))
+    run = Run(executor, client, run_id)
+    # queued first, so they overlap with the job's start: git runs subprocesses, the package list is long
+    run._submit(run._log_git_state)
+    run._submit(lambda: client.log_text(run_id, environment_text(), "environment.txt"))
     try:
         yield run
         run.flush()
     except BaseException as e:
-        try:
-            client = run._opened.result()[0]
-        except Exception as open_error:  # the store itself is broken: report the job's own error
-            log.warning("could not record the failure in MLflow: %s", open_error)
-            raise e from None
         with contextlib.suppress(Exception):
             run.flush()
         with contextlib.suppress(Exception):
-            client.log_text(run.run_id, "".join(traceback.format_exception(type(e), e, e.__traceback__)), "traceback.txt")
+            client.log_text(run_id, "".join(traceback.format_exception(type(e), e, e.__traceback__)), "traceback.txt")
             run._set_tags({"error": f"{type(e).__name__}: {e}"})
-        client.set_terminated(run.run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        try:
+            client.set_terminated(run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        except Exception as store_error:  # report the job's own error, not the store's
+            log.warning("could not mark MLflow run %s as failed: %s", run_id, store_error)
         raise
     else:
-        run._opened.result()[0].set_terminated(run.run_id, status="FINISHED")
+        client.set_terminated(run_id, status="FINISHED")
     finally:
         executor.shutdown(wait=True)
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import Logger
 import torch.nn.functional as F
 import yaml
 from omegaconf import OmegaConf
@@ -24,10 +25,10 @@ from recmovie.evaluation.ranking import rank
 from recmovie.models.autoencoders import VAE, AutoEncoder, RecVAE, gaussian_log_density, kl_weight
 from recmovie.models.base import Recommender, build_model
 from recmovie.models.baselines import Popularity
-from recmovie.models.lightning import fit_lightning
+from recmovie.training import fit_lightning
 from recmovie.models.losses import reconstruction_loss
 from recmovie.pipeline import fit_model, load_data, train
-from recmovie.tracking import Run
+from recmovie.schema import Schema
 from tests.conftest import REPO, make_config
 
 MODELS = ["ae", "dae", "vae", "multidae", "multivae", "recvae"]
@@ -56,13 +57,13 @@ def built(cfg) -> tuple[Recommender, PreparedData]:
     data = load_data(cfg)
     torch.manual_seed(int(cfg.seed))
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
-    model.build(data.n_users, data.n_items)
+    model.build(Schema.from_data(data))
     return model, data
 
 
 def fit(cfg) -> tuple[Recommender, dict]:
     model, data = built(cfg)
-    found = fit_lightning(model, data, cfg, Run())
+    found = fit_lightning(model, data, data, cfg)
     top = rank(model, data, k=10)
     metrics = evaluate(top.items, top.users, data.holdout, data.n_users, 10)
     # the restored weights are those of the best validation epoch
@@ -70,15 +71,22 @@ def fit(cfg) -> tuple[Recommender, dict]:
     return model, metrics
 
 
-class Recorder:
-    """Stands in for the MLflow run: keeps every logged metric's values in order."""
+class Recorder(Logger):
+    """A Lightning logger standing in for the MLflow run: every logged metric's values in order."""
 
     def __init__(self):
+        super().__init__()
         self.metrics: dict[str, list[float]] = {}
+
+    name, version = "recorder", 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         for key, value in metrics.items():
-            self.metrics.setdefault(key, []).append(value)
+            if key != "epoch":
+                self.metrics.setdefault(key, []).append(value)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -122,7 +130,7 @@ def test_the_kl_schedule_is_followed_and_logged_per_epoch(small_cfg):
                      *FAST])
     model, data = built(cfg)
     run = Recorder()
-    fit_lightning(model, data, cfg, run)
+    fit_lightning(model, data, None, cfg, run)
     sizes = np.array([32] * 12 + [16])  # the epoch's mean weighs each step by its batch size
     ramp = [float((0.4 * np.arange(s, s + 13) / 26 * sizes).sum() / sizes.sum()) for s in (0, 13)]
     assert run.metrics["train_beta"] == pytest.approx([*ramp, 0.4])
@@ -132,7 +140,7 @@ def test_the_kl_schedule_is_followed_and_logged_per_epoch(small_cfg):
 def test_vae_kl_term_and_log_density_match_torch_distributions(small_cfg):
     data = load_data(small_cfg())
     model = VAE(hidden=[8], latent=4)
-    model.build(data.n_users, data.n_items)
+    model.build(Schema.from_data(data))
     with torch.no_grad():
         mu, logvar = model.posterior(data.user_batch(np.arange(5)), 0.0)
     q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
@@ -145,7 +153,7 @@ def test_vae_kl_term_and_log_density_match_torch_distributions(small_cfg):
 def test_composite_prior_is_the_weighted_mixture(small_cfg):
     data = load_data(small_cfg())
     model = RecVAE(hidden=16, layers=2, latent=3, prior_weights=[0.2, 0.5, 0.3])
-    model.build(data.n_users, data.n_items)
+    model.build(Schema.from_data(data))
     batch = data.user_batch(np.arange(4))
     z = torch.randn(4, 3)
     old_mu, old_logvar = model.prior_encoder(batch, 0.0)
@@ -158,7 +166,7 @@ def test_composite_prior_is_the_weighted_mixture(small_cfg):
 def test_sparse_input_layer_equals_the_dense_product(small_cfg):
     data = load_data(small_cfg(["confidence=time"]))
     model = AutoEncoder(hidden=[], latent=6, dropout=0.5)
-    model.build(data.n_users, data.n_items)
+    model.build(Schema.from_data(data))
     batch = data.user_batch(np.arange(30))
     x = batch.dense()
     expected = F.normalize(x, dim=1) @ model.encoder.input.bag.weight + model.encoder.input.bias
@@ -179,7 +187,7 @@ def test_confidence_weights_change_what_the_model_trains_on(small_cfg):
     a, b = plain.user_batch(users), timed.user_batch(users)
     assert torch.equal(a.indices, b.indices) and not torch.allclose(a.values, b.values)
     model = VAE(hidden=[16], latent=8)
-    model.build(plain.n_users, plain.n_items)
+    model.build(Schema.from_data(plain))
     model.eval()  # no noise: the only difference is the weights
     assert not torch.allclose(model.score(a), model.score(b))
     # the likelihood weighs each seen item by its confidence weight: the target is the weighted history
@@ -193,7 +201,7 @@ def test_checkpoint_round_trip_scores_the_same(small_cfg):
     batch = data.user_batch(np.arange(20))
     for model in (AutoEncoder(hidden=[12], latent=5), VAE(hidden=[12], latent=5, loss="gaussian"),
                   RecVAE(hidden=12, layers=3, latent=5)):
-        model.build(data.n_users, data.n_items)
+        model.build(Schema.from_data(data))
         model.eval()
         again = Recommender.from_checkpoint(model.checkpoint())
         assert torch.equal(again.score(batch), model.score(batch))
@@ -216,14 +224,14 @@ def test_every_loss_is_switchable_on_every_model(small_cfg):
     for name in MODELS:
         cfg = OmegaConf.to_container(small_cfg([f"model={name}"]).model)
         for loss in ("multinomial", "logistic", "gaussian"):
-            assert build_model(cfg, loss=loss).loss == loss
+            assert build_model(cfg, loss=loss).params.loss == loss
 
 
 # ------------------------------------------------------------------ RecVAE's alternating updates
 def test_recvae_alternates_encoder_and_decoder_passes(small_cfg):
     data = load_data(small_cfg(["split=none"]))
     model = RecVAE(hidden=16, layers=2, latent=4, enc_passes=2, dec_passes=1, batch_size=200, max_epochs=1)
-    model.build(data.n_users, data.n_items)
+    model.build(Schema.from_data(data))
     snapshots = []
 
     class Watch(pl.Callback):
@@ -260,27 +268,50 @@ def test_seeded_runs_repeat_exactly(small_cfg):
     pd.testing.assert_frame_equal(*subs)
 
 
-def test_refit_finds_the_best_epoch_on_a_holdout_then_trains_on_everything(small_cfg):
-    cfg = small_cfg(["split=none", "refit.enabled=true", "model=multidae", "model.max_epochs=6", "model.latent=32",
-                     *FAST, "model.patience=2"])
-    model, data = built(cfg)
-    run = Recorder()
-    score = fit_model(model, data, cfg, run)
-    m = run.metrics
-    assert score == pytest.approx(m["best_val_recall_at_10"][0]) and 0 < score <= 1
-    assert m["refit_epochs"] == [m["best_epoch"][0] + 1]
-    assert len(m["val_recall_at_10"]) == len(m["train_loss"]) > m["best_epoch"][0]  # the probe ran past its best
-    assert len(m["refit_train_loss"]) == m["refit_epochs"][0]  # then the model trained exactly that long
-    assert "refit_val_recall_at_10" not in m  # on everything: nothing held out
+def test_refit_finds_the_epoch_count_on_validation_then_trains_on_everything(small_cfg):
+    # split=none: refit=auto first early-stops on the validation part, then trains on every interaction
+    cfg = small_cfg(["split=none", "model=multidae", "model.max_epochs=6", "model.latent=32", *FAST,
+                     "model.patience=2", "tracking.enabled=true"])
+    val_recall = train(cfg)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1)[0]  # the newest
+    client = mlflow.MlflowClient()
+    m = run.data.metrics
+    assert run.data.tags["fit_mode"] == "refit"
+    assert val_recall == pytest.approx(m["val_recall_at_10"]) and 0 < val_recall <= 1
+    assert val_recall == pytest.approx(max(h.value for h in client.get_metric_history(run.info.run_id, "val_recall_at_10")))
+    assert m["refit_epochs"] == m["best_epoch"] <= m["epochs"]
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == m["epochs"]  # the probe
+    assert len(client.get_metric_history(run.info.run_id, "refit-train_loss")) == m["refit_epochs"]
+    assert "refit-val_recall_at_10" not in m  # on everything: nothing held out
+    assert "recall_at_10" not in m  # split=none: no test part
 
 
-def test_refit_needs_split_none_and_a_gradient_model(small_cfg):
-    with pytest.raises(ConfigError, match="refit.enabled"):
-        train(small_cfg(["refit.enabled=true", "model=multidae"]))
-    with pytest.raises(ConfigError, match="refit.enabled"):
-        train(small_cfg(["refit.enabled=true", "split=none", "model=ease"]))
-    with pytest.raises(ConfigError, match="refit.split.n_last"):
-        train(small_cfg(["refit.enabled=true", "split=none", "model=multidae", "refit.split.n_last=-1"]))
+def test_early_stopping_selects_on_validation_never_on_the_test_part(small_cfg):
+    cfg = small_cfg(["model=multidae", "model.max_epochs=4", "model.latent=32", *FAST, "tracking.enabled=true"])
+    val_recall = train(cfg)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1)[0]  # the newest
+    m = run.data.metrics
+    assert run.data.tags["fit_mode"] == "validate"
+    assert val_recall == pytest.approx(m["val_recall_at_10"]) == pytest.approx(m["best_score"] if "best_score" in m
+                                                                              else m["val_recall_at_10"])
+    assert m["recall_at_10"] != pytest.approx(m["val_recall_at_10"])  # two parts, two figures
+    # the validation part comes out of the training part: no validation row is a test row
+    data = load_data(cfg)
+    test = set(zip(data.holdout.user.tolist(), data.holdout.item.tolist()))
+    val = set(zip(data.validation.user.tolist(), data.validation.item.tolist()))
+    assert val and test and not (val & test)
+    assert not data.train_mask[data.val_mask].sum() < data.val_mask.sum()  # validation rows are training rows
+
+
+def test_refit_needs_a_validation_part(small_cfg):
+    with pytest.raises(ConfigError, match="refit"):
+        train(small_cfg(["refit=true", "split@validation=none", "model=multidae"]))
+    with pytest.raises(ConfigError, match="refit"):
+        train(small_cfg(["refit=sometimes", "model=multidae"]))
+    with pytest.raises(ConfigError, match="validation.n_last"):
+        train(small_cfg(["split=none", "model=multidae", "validation.n_last=-1"]))
 
 
 # ------------------------------------------------------------------ sweeps through the command line
@@ -304,5 +335,6 @@ def test_optuna_search_runs_parallel_trials_as_mlflow_runs_and_reports_the_best(
     assert all(r.info.status == "FINISHED" for r in found)
     (result,) = (tmp_path / "outputs" / "multiruns").glob("*/optimization_results.yaml")
     best = yaml.safe_load(result.read_text())
-    assert best["best_value"] == pytest.approx(max(r.data.metrics["recall_at_10"] for r in found))
+    # the objective is the validation figure, never the test one
+    assert best["best_value"] == pytest.approx(max(r.data.metrics["val_recall_at_10"] for r in found))
     assert set(best["best_params"]) == {"model.beta", "model.dropout", "model.latent", "model.lr"}

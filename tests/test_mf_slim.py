@@ -11,18 +11,20 @@ from omegaconf import OmegaConf
 from recmovie.data.dataset import build_dataset
 from recmovie.data.prepare import PreparedData, prepare_data
 from recmovie.data.split import Holdout
-from recmovie.data.views import PairSampler, pairs
+from recmovie.data.samplers import PairSampler
+from recmovie.data.views import pairs
 from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import rank
 from recmovie.models.base import Recommender, build_model
 from recmovie.models.baselines import Popularity
-from recmovie.models.lightning import fit_lightning
+from recmovie.training import fit_lightning
 from recmovie.models.linear import ADMMSLIM, EASE, EDLAE
 from recmovie.models.mf import ALS, BPRMF
 from recmovie.models.neighbourhood import ItemKNN, UserKNN
 from recmovie.pipeline import train
-from recmovie.tracking import Run
+from tests.conftest import make_config
+from recmovie.schema import Schema
 
 SPLIT = {"name": "competition", "n_last": 2, "n_random": 8, "seed": 1}
 
@@ -43,7 +45,7 @@ def genre_data(small_dir):
 
 
 def fitted(model, data):
-    model.build(data.n_users, data.n_items)
+    model.build(Schema.from_data(data))
     model.fit(data)
     return model
 
@@ -67,14 +69,11 @@ def test_closed_form_models_beat_popularity(data, make, popularity_recall):
     assert recall(fitted(make(), data), data) > popularity_recall * 1.1
 
 
-LIGHTNING_CFG = OmegaConf.create({"eval": {"k": 10, "chunk_size": 128}, "seed": 0, "trainer": {
-    "accelerator": "cpu", "devices": 1, "precision": "32-true", "deterministic": True, "num_workers": 0}})
-
-
-def test_bpr_mf_beats_popularity_and_keeps_its_best_epoch(data, popularity_recall):
+def test_bpr_mf_beats_popularity_and_keeps_its_best_epoch(data, popularity_recall, tmp_path):
     model = BPRMF(batch_size=2048, max_epochs=8, patience=3, lr=0.03)
-    model.build(data.n_users, data.n_items)
-    result = fit_lightning(model, data, LIGHTNING_CFG, Run())
+    model.build(Schema.from_data(data))
+    cfg = make_config(tmp_path, ["seed=0", "eval.chunk_size=128"])
+    result = fit_lightning(model, data, data, cfg)
     got = recall(model, data)
     assert got > popularity_recall * 1.1
     # the restored weights are the best epoch's: ranking them again gives the recall it was chosen for
@@ -289,7 +288,7 @@ def test_bad_values_name_their_key(cfg, key):
 
 
 def test_bpr_takes_its_loss_from_the_loss_group():
-    assert build_model({"_target_": "recmovie.models.mf.BPRMF"}, loss="bce").loss == "bce"
+    assert build_model({"_target_": "recmovie.models.mf.BPRMF"}, loss="bce").params.loss == "bce"
     with pytest.raises(ConfigError, match="model.loss"):
         build_model({"_target_": "recmovie.models.mf.BPRMF"}, loss="multinomial")
 

@@ -14,6 +14,7 @@ from recmovie.models.baselines import GenreRule, Popularity
 from recmovie.models.linear import EASE
 from recmovie.models.neighbourhood import ItemKNN
 from recmovie.models.ops import TILE_WIDTH
+from recmovie.schema import Schema
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def data(small_dir):
 
 
 def recall(model, data):
-    model.build(data.n_users, data.n_items)
+    model.build(Schema.from_data(data))
     model.fit(data)
     top = rank(model, data, k=10)
     return evaluate(top.items, top.users, data.holdout, data.n_users)["recall_at_10"]
@@ -44,7 +45,7 @@ def test_beats_popularity(data, model, popularity_recall):
 
 def test_checkpoint_round_trip_scores_identically(data):
     model = ItemKNN(k=30)
-    model.build(data.n_users, data.n_items)
+    model.build(Schema.from_data(data))
     model.fit(data)
     again = Recommender.from_checkpoint(model.checkpoint())
     batch = data.user_batch(np.arange(20))

@@ -32,7 +32,8 @@ def test_train_writes_submission_and_a_complete_mlflow_run(small_config):
     assert params["model.l2"] == "50" and params["split.n_last"] == "2"
     for name in ["recall_at_10", "ndcg_at_10", "recall_at_10_last", "recall_at_10_random", "fit_seconds", "predict_seconds"]:
         assert name in metrics
-    assert metrics["recall_at_10"] == pytest.approx(recall)
+    assert metrics["val_recall_at_10"] == pytest.approx(recall)  # what sweeps select on
+    assert metrics["recall_at_10"] != pytest.approx(recall)  # the test part: reported, never selected on
     client = mlflow.MlflowClient()
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"submission.csv", "candidates.csv", "config.yaml", "model"} <= names

@@ -10,6 +10,7 @@ from recmovie.data.prepare import prepare_data
 from recmovie.evaluation.ranking import rank, topk_unseen
 from recmovie.models.linear import EASE
 from recmovie.models.neighbourhood import ItemKNN
+from recmovie.schema import Schema
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def data(small_dir):
 
 @pytest.mark.parametrize("model", [EASE(l2=20.0), ItemKNN(k=20)], ids=["ease", "itemknn"])
 def test_results_do_not_depend_on_chunk_size(data, model):
-    model.build(data.n_users, data.n_items)
+    model.build(Schema.from_data(data))
     model.fit(data)
     ref = rank(model, data, k=50, chunk_size=data.n_users)
     for chunk in (1, 7, 64):
@@ -33,7 +34,7 @@ def test_results_do_not_depend_on_chunk_size(data, model):
 
 def test_seen_items_are_never_ranked(data):
     model = EASE(l2=20.0)
-    model.build(data.n_users, data.n_items)
+    model.build(Schema.from_data(data))
     model.fit(data)
     top = rank(model, data, k=30, chunk_size=50)
     m = data.train_matrix
@@ -74,3 +75,55 @@ def test_nan_scores_are_refused(data):
     scores[1, -1] = float("nan")
     with pytest.raises(FloatingPointError, match="NaN"):
         topk_unseen(scores, batch, 5)
+
+
+# ------------------------------------------------------------------ candidate sets (score_items)
+class TiedScores(EASE):
+    """EASE's scores rounded to a few levels: many ties, to check the order at equal scores."""
+
+    def score(self, batch):
+        return torch.round(super().score(batch) * 4) / 4
+
+
+@pytest.mark.parametrize("make", [lambda: EASE(l2=20.0), lambda: TiedScores(l2=20.0)], ids=["ease", "ties"])
+def test_every_item_as_a_candidate_gives_the_full_ranking(data, make):
+    model = make()
+    model.build(Schema.from_data(data))
+    model.fit(data)
+    full = rank(model, data, k=50, chunk_size=97)
+    every = np.tile(np.arange(data.n_items), (data.n_users, 1))
+    shuffled = np.random.default_rng(0).permuted(every, axis=1)  # candidate order must not matter
+    for cands, chunk in ((every, 97), (shuffled, 13), (shuffled, data.n_users)):
+        got = rank(model, data, k=50, chunk_size=chunk, candidates=cands)
+        assert np.array_equal(got.items, full.items)
+        assert np.array_equal(got.scores, full.scores)
+
+
+def test_candidate_ranking_is_the_full_order_restricted_to_the_candidates(data):
+    model = TiedScores(l2=20.0)
+    model.build(Schema.from_data(data))
+    model.fit(data)
+    rng = np.random.default_rng(1)
+    users = np.arange(0, data.n_users, 3)
+    cands = np.stack([rng.choice(data.n_items, 40, replace=False) for _ in users])
+    cands[:5, 30:] = -1  # fewer candidates for some users: empty slots
+    got = rank(model, data, k=20, chunk_size=16, users=users, candidates=cands)
+    assert np.array_equal(got.items, rank(model, data, k=20, chunk_size=1000, users=users, candidates=cands).items)
+    scores = model.score(data.user_batch(users)).numpy()
+    m = data.train_matrix
+    for r, u in enumerate(users):
+        seen = set(m.indices[m.indptr[u]:m.indptr[u + 1]].tolist())
+        valid = [int(i) for i in cands[r] if i >= 0 and int(i) not in seen]
+        expected = sorted(valid, key=lambda i: (-scores[r, i], i))[:20]
+        assert got.items[r, :len(expected)].tolist() == expected
+        assert (got.items[r, len(expected):] == -1).all() and np.isneginf(got.scores[r, len(expected):]).all()
+
+
+def test_candidates_must_be_known_items(data):
+    model = EASE(l2=20.0)
+    model.build(Schema.from_data(data))
+    model.fit(data)
+    with pytest.raises(ValueError, match="dense item ids"):
+        rank(model, data, k=5, users=np.array([0]), candidates=np.array([[data.n_items]]))
+    with pytest.raises(ValueError, match="candidates must be"):
+        rank(model, data, k=5, users=np.array([0, 1]), candidates=np.array([[1, 2]]))

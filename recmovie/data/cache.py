@@ -13,7 +13,7 @@ from recmovie.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the layout or meaning of cached arrays changes
+CACHE_VERSION = 2  # bump when the layout or meaning of cached arrays changes
 
 
 def cache_key(*parts: object) -> str:

@@ -5,18 +5,23 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from recmovie.data.batches import Batch
 from recmovie.data.prepare import PreparedData
 from recmovie.data.views import VIEWS, evaluation_users
 from recmovie.errors import ConfigError
 
 
 class RecDataModule(pl.LightningDataModule):
-    def __init__(self, data: PreparedData, view: str, batch_size: int, eval_chunk_size: int = 4096,
-                 seed: int = 0, num_workers: int = 0, view_options: dict | None = None):
+    """`train`: the data a model fits on (its view's batches); `val`: data whose holdout the model
+    is validated on (users ranked with `val`'s training part as their history), or None."""
+
+    def __init__(self, train: PreparedData, view: str, batch_size: int, val: PreparedData | None = None,
+                 eval_chunk_size: int = 4096, seed: int = 0, num_workers: int = 0, view_options: dict | None = None):
         super().__init__()
         if view not in VIEWS:
             raise ConfigError("model.view", f"unknown data view {view!r}; known: {sorted(VIEWS)}")
-        self.data = data
+        self.train = train
+        self.val = val if val is not None and len(val.holdout) else None
         self.view = view
         self.batch_size = batch_size
         self.eval_chunk_size = eval_chunk_size
@@ -24,17 +29,20 @@ class RecDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.view_options = view_options or {}
 
+    def _shard(self) -> dict:
+        trainer = self.trainer
+        return {"rank": trainer.global_rank, "world": trainer.world_size} if trainer is not None else {}
+
     def train_dataloader(self) -> DataLoader:
-        # the sampler's seeded generator moves on each epoch: new orders, same for the same seed
-        return VIEWS[self.view](self.data, self.batch_size, seed=self.seed, num_workers=self.num_workers,
-                                **self.view_options)
+        return VIEWS[self.view](self.train, self.batch_size, seed=self.seed, num_workers=self.num_workers,
+                                **self.view_options, **self._shard())
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        if hasattr(batch, "to") and not isinstance(batch, torch.Tensor):  # UserBatch and other view batches
+        if isinstance(batch, Batch):
             return batch.to(device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def val_dataloader(self) -> DataLoader | list:
-        if len(self.data.holdout) == 0:
+        if self.val is None:
             return []
-        return evaluation_users(self.data, self.eval_chunk_size)
+        return evaluation_users(self.val, self.eval_chunk_size, **self._shard())

@@ -1,4 +1,11 @@
-"""From the `data`, `split` and `confidence` configs to the arrays every model trains on (cached)."""
+"""From the `data`, `split`, `validation` and `confidence` configs to the arrays every model trains on (cached).
+
+Three parts of the interactions: the TEST part (`split`: hidden, only ever scored), the
+VALIDATION part (`validation`: carved from the rest by the same kind of protocol; what early
+stopping, sweeps and ensemble weight searches select on) and the FIT part (the rest).
+`PreparedData` itself is (training part = fit + validation, holdout = test); `fit_part()` is
+(fit part, holdout = validation).
+"""
 from __future__ import annotations
 
 import logging
@@ -12,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recmovie.data.batches import UserBatch
 from recmovie.data.cache import cache_key, load_arrays, save_arrays
 from recmovie.data.confidence import confidence_weights
 from recmovie.data.dataset import Dataset
@@ -26,39 +34,6 @@ SYNTHETIC_KEYS = ("n_users", "n_items", "n_interactions", "seed")
 
 
 @dataclass
-class UserBatch:
-    """Users and their training histories as CSR rows (values = confidence weights)."""
-
-    users: torch.Tensor  # int64 [B], dense user ids
-    indptr: torch.Tensor  # int64 [B + 1]
-    indices: torch.Tensor  # int64 [nnz], dense item ids
-    values: torch.Tensor  # float32 [nnz]
-    n_items: int
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def row_ids(self) -> torch.Tensor:
-        """Batch row of each stored entry."""
-        return torch.repeat_interleave(torch.arange(len(self.users), device=self.indptr.device), self.indptr.diff())
-
-    def csr(self) -> torch.Tensor:
-        return torch.sparse_csr_tensor(
-            self.indptr, self.indices, self.values, size=(len(self.users), self.n_items), check_invariants=False
-        )
-
-    def dense(self) -> torch.Tensor:
-        """[B, n_items]; only ever one batch at a time."""
-        x = torch.zeros(len(self.users), self.n_items, device=self.values.device)
-        x[self.row_ids(), self.indices] = self.values
-        return x
-
-    def to(self, device) -> "UserBatch":
-        return UserBatch(self.users.to(device), self.indptr.to(device), self.indices.to(device),
-                         self.values.to(device), self.n_items)
-
-
-@dataclass
 class PreparedData:
     """A dataset, its train/hidden split and the training rows' confidence weights."""
 
@@ -68,6 +43,17 @@ class PreparedData:
     holdout: Holdout
     fingerprint: str  # content hash of the input data
     info: dict = field(default_factory=dict)
+    val_mask: np.ndarray | None = None  # bool per dataset row: training rows carved out for validation
+    validation: Holdout = field(default_factory=Holdout.empty)
+
+    def fit_part(self) -> "PreparedData":
+        """The training part minus the validation part, with the validation part as its holdout
+        (itself when nothing is carved out)."""
+        if self.val_mask is None or not self.val_mask.any():
+            return self
+        keep = ~self.val_mask[self.train_mask]  # per training row
+        return PreparedData(self.dataset, self.train_mask & ~self.val_mask, self.weight[keep], self.validation,
+                            self.fingerprint, self.info)
 
     @property
     def n_users(self) -> int:
@@ -125,7 +111,8 @@ class PreparedData:
         parts = {PART_NAMES[p]: int((self.holdout.part == p).sum()) for p in np.unique(self.holdout.part)}
         return {
             "users": self.n_users, "items": self.n_items, "interactions": len(self.dataset),
-            "train": int(self.train_mask.sum()), "hidden": len(self.holdout), "hidden_parts": parts,
+            "train": int(self.train_mask.sum()), "validation": len(self.validation),
+            "test": len(self.holdout), "test_parts": parts,
         }
 
 
@@ -190,17 +177,35 @@ def _plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
 
 
-def prepare_data(data_cfg, split_cfg, confidence_cfg, cache_dir: str | Path | None) -> PreparedData:
-    """Read (or load from cache) the dataset, split it and weight the training rows.
+def carve_validation(ds: Dataset, train_mask: np.ndarray, validation_cfg) -> tuple[np.ndarray, Holdout]:
+    """The validation part: `validation_cfg` (a split config) applied to the training rows alone.
+    Returns a mask over the dataset's rows and the part as a Holdout."""
+    rows = np.flatnonzero(train_mask)
+    if validation_cfg is None or validation_cfg.get("name") == "none" or not len(rows):
+        return np.zeros(len(ds), bool), Holdout.empty()
+    # training rows keep the (user, time, item) order, so they form a Dataset of their own
+    part = Dataset(ds.user[rows], ds.item[rows], ds.time[rows], ds.user_ids, ds.item_ids, ds.side)
+    keep, holdout = make_split(part, validation_cfg)
+    val_mask = np.zeros(len(ds), bool)
+    val_mask[rows[~keep]] = True
+    return val_mask, holdout
+
+
+def prepare_data(data_cfg, split_cfg, confidence_cfg, cache_dir: str | Path | None,
+                 validation_cfg=None) -> PreparedData:
+    """Read (or load from cache) the dataset, split it, carve the validation part out of the
+    training part and weight the training rows.
 
     Two cache levels: the parsed dataset (key: input content hash + reader config) and the prepared
-    split + weights (key: dataset key + split + confidence config). `cache_dir=None` disables both.
+    split + weights (key: dataset key + split + validation + confidence config). `cache_dir=None`
+    disables both.
     """
     t0 = time.perf_counter()
     reader_cfg = _reader_config(data_cfg)
     fingerprint = _fingerprint(data_cfg, reader_cfg)
     ds_key = "dataset-" + cache_key(fingerprint, reader_cfg)
-    prep_key = "prepared-" + cache_key(ds_key, _plain(split_cfg), _plain(confidence_cfg))
+    prep_key = "prepared-" + cache_key(ds_key, _plain(split_cfg), _plain(confidence_cfg),
+                                       None if validation_cfg is None else _plain(validation_cfg))
     info = {"cache": "off" if cache_dir is None else "miss", "dataset_key": ds_key, "prepared_key": prep_key}
 
     arrays = load_arrays(cache_dir, ds_key) if cache_dir is not None else None
@@ -215,6 +220,7 @@ def prepare_data(data_cfg, split_cfg, confidence_cfg, cache_dir: str | Path | No
     prep = load_arrays(cache_dir, prep_key) if cache_dir is not None else None
     if prep is None:
         train_mask, holdout = make_split(ds, split_cfg)
+        val_mask, validation = carve_validation(ds, train_mask, validation_cfg)
         genre = ds.side.get("genre")
         weight = confidence_weights(
             ds.user[train_mask], ds.item[train_mask], ds.n_users, ds.n_items,
@@ -224,12 +230,16 @@ def prepare_data(data_cfg, split_cfg, confidence_cfg, cache_dir: str | Path | No
             save_arrays(cache_dir, prep_key, {
                 "train_mask": train_mask, "weight": weight,
                 "hidden_user": holdout.user, "hidden_item": holdout.item, "hidden_part": holdout.part,
+                "val_mask": val_mask, "val_user": validation.user, "val_item": validation.item,
+                "val_part": validation.part,
             })
     else:
         train_mask, weight = prep["train_mask"], prep["weight"]
         holdout = Holdout(prep["hidden_user"], prep["hidden_item"], prep["hidden_part"])
+        val_mask = prep["val_mask"]
+        validation = Holdout(prep["val_user"], prep["val_item"], prep["val_part"])
         info["cache"] = "prepared"
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    data = PreparedData(ds, train_mask, weight, holdout, fingerprint, info)
+    data = PreparedData(ds, train_mask, weight, holdout, fingerprint, info, val_mask, validation)
     log.info("data ready in %.2fs (cache: %s): %s", info["seconds"], info["cache"], data.summary())
     return data

@@ -1,4 +1,11 @@
-"""The one ranking engine: score users in chunks, mask what they have seen, keep the top N."""
+"""The one ranking engine: score users in chunks, mask what they have seen, keep the top N.
+
+It ranks either the whole catalogue (`model.score`) or a candidate set per user
+(`model.score_items`, e.g. another run's top-N for re-ranking). Both paths keep one total order
+(score descending, equal scores by item id, also at the N-th place), so a user's list does not
+depend on the chunk it was scored in, and ranking every item as a candidate gives the full path's
+lists exactly.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +14,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from recmovie.data.prepare import PreparedData, UserBatch
+from recmovie.data.batches import UserBatch
+from recmovie.data.prepare import PreparedData
 
 
 @dataclass
@@ -118,12 +126,51 @@ def _canonical_topk(rows: torch.Tensor, threshold: torch.Tensor, k: int) -> tupl
     return rows.gather(1, items), items
 
 
+def seen_mask(batch: UserBatch, items: np.ndarray) -> np.ndarray:
+    """[B, C] bool: whether row r's item items[r, c] is in user r's training history."""
+    rows = batch.row_ids().numpy()
+    n = batch.n_items + 1  # one past the largest id, so -1 (no candidate) keys stay apart
+    history = np.sort(rows * n + batch.indices.numpy())
+    keys = np.arange(len(items))[:, None] * n + items
+    at = np.minimum(np.searchsorted(history, keys), max(len(history) - 1, 0))
+    return history[at] == keys if len(history) else np.zeros(items.shape, bool)
+
+
+def topk_candidates(scores: torch.Tensor, items: np.ndarray, batch: UserBatch, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row's candidates (`items` [B, C] dense ids, -1 = no candidate) by `scores`
+    [B, C], after masking seen items and empty slots to -inf: the full path's total order
+    restricted to the candidates (score descending, equal scores by item id). Rows with fewer
+    than k candidates end in item -1 with score -inf."""
+    values = scores.detach().float().cpu().numpy().astype(np.float32, copy=True)
+    if np.isnan(values).any():
+        raise FloatingPointError("the model produced NaN scores")
+    values[(items < 0) | seen_mask(batch, items)] = -np.inf
+    tie = np.where(items < 0, np.iinfo(np.int64).max, items)  # empty slots after every real item
+    order = np.lexsort((tie, -values), axis=1)[:, :k]
+    top_items = np.take_along_axis(items, order, 1)
+    top_values = np.take_along_axis(values, order, 1)
+    if top_items.shape[1] < k:
+        pad = k - top_items.shape[1]
+        top_items = np.pad(top_items, ((0, 0), (0, pad)), constant_values=-1)
+        top_values = np.pad(top_values, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return top_values, top_items
+
+
 @torch.no_grad()
-def rank(model, data: PreparedData, k: int = 50, chunk_size: int = 4096, users: np.ndarray | None = None) -> TopK:
-    """Rank all items for `users` (default: every user) with `model.score`, `chunk_size` users at a time."""
+def rank(model, data: PreparedData, k: int = 50, chunk_size: int = 4096, users: np.ndarray | None = None,
+         candidates: np.ndarray | None = None) -> TopK:
+    """Rank for `users` (default: every user), `chunk_size` users at a time: every item with
+    `model.score`, or with `candidates` ([len(users), C] dense item ids per user, -1 = none) only
+    those, with `model.score_items`."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
     users = np.arange(data.n_users) if users is None else np.asarray(users, dtype=np.int64)
+    if candidates is not None:
+        candidates = np.asarray(candidates, dtype=np.int64)
+        if candidates.ndim != 2 or len(candidates) != len(users):
+            raise ValueError(f"candidates must be [users, C] = [{len(users)}, C], got {candidates.shape}")
+        if candidates.max(initial=-1) >= data.n_items or candidates.min(initial=0) < -1:
+            raise ValueError(f"candidate ids must be dense item ids in [0, {data.n_items}) or -1 for none")
     was_training = model.training
     model.eval()
     k = min(k, data.n_items)
@@ -131,8 +178,13 @@ def rank(model, data: PreparedData, k: int = 50, chunk_size: int = 4096, users: 
     scores = np.empty((len(users), k), np.float32)
     for s in range(0, len(users), chunk_size):
         batch = data.user_batch(users[s : s + chunk_size])
-        v, i = topk_unseen(model.score(batch), batch, k)
-        items[s : s + len(batch)] = i.cpu().numpy()
-        scores[s : s + len(batch)] = v.cpu().numpy()
+        if candidates is None:
+            v, i = topk_unseen(model.score(batch), batch, k)
+            v, i = v.cpu().numpy(), i.cpu().numpy()
+        else:
+            chunk = candidates[s : s + len(batch)]
+            v, i = topk_candidates(model.score_items(batch, torch.from_numpy(chunk)), chunk, batch, k)
+        items[s : s + len(batch)] = i
+        scores[s : s + len(batch)] = v
     model.train(was_training)
     return TopK(users, items, scores)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recmovie.data.prepare import UserBatch
+from recmovie.data.batches import UserBatch
 from recmovie.models.base import check
 from recmovie.models.lightning import LitRecommender
 from recmovie.models.losses import RECONSTRUCTION, reconstruction_loss
@@ -104,27 +104,27 @@ class AutoEncoder(LitRecommender):
         check(0.0 <= dropout < 1.0, "dropout", f"must be in [0, 1), got {dropout}")
         check(activation in ACTIVATIONS, "activation", f"must be one of {list(ACTIVATIONS)}, got {activation!r}")
         check(loss in RECONSTRUCTION, "loss", f"must be one of {list(RECONSTRUCTION)}, got {loss!r}")
-        self.hidden, self.latent, self.dropout = list(hidden), latent, float(dropout)
-        self.activation, self.loss = activation, loss
 
-    def build(self, n_users: int, n_items: int) -> None:
-        super().build(n_users, n_items)
-        self.encoder = self._encoder(n_items)
-        self.decoder = self._decoder(n_items)
+    def build(self, schema) -> None:
+        super().build(schema)
+        self.encoder = self._encoder(schema.n_items)
+        self.decoder = self._decoder(schema.n_items)
         _init(self)
 
     def _encoder(self, n_items: int) -> nn.Module:
-        return Encoder(n_items, [*self.hidden, self.latent], self.activation, last_activation=True)
+        p = self.params
+        return Encoder(n_items, [*p.hidden, p.latent], p.activation, last_activation=True)
 
     def _decoder(self, n_items: int) -> nn.Module:
-        return _mlp([self.latent, *reversed(self.hidden), n_items], self.activation, False)
+        p = self.params
+        return _mlp([p.latent, *reversed(p.hidden), n_items], p.activation, False)
 
     def score(self, batch: UserBatch) -> torch.Tensor:
         return self.decoder(self.encoder(batch, 0.0))
 
     def training_step(self, batch: UserBatch, batch_idx: int) -> torch.Tensor:
-        logits = self.decoder(self.encoder(batch, self.dropout))
-        loss = reconstruction_loss(self.loss, logits, batch.dense())
+        logits = self.decoder(self.encoder(batch, self.params.dropout))
+        loss = reconstruction_loss(self.params.loss, logits, batch.dense())
         self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(batch))
         return loss
 
@@ -142,10 +142,10 @@ class VAE(AutoEncoder):
         check(beta >= 0, "beta", f"must be >= 0, got {beta}")
         check(isinstance(anneal_steps, int) and anneal_steps >= 0, "anneal_steps",
               f"must be an integer >= 0 (0: fixed beta), got {anneal_steps!r}")
-        self.beta, self.anneal_steps = float(beta), anneal_steps
 
     def _encoder(self, n_items: int) -> nn.Module:
-        return Encoder(n_items, [*self.hidden, 2 * self.latent], self.activation, last_activation=False)
+        p = self.params
+        return Encoder(n_items, [*p.hidden, 2 * p.latent], p.activation, last_activation=False)
 
     def posterior(self, batch: UserBatch, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(batch, dropout).chunk(2, dim=1)
@@ -158,10 +158,11 @@ class VAE(AutoEncoder):
         return self.decoder(self.posterior(batch, 0.0)[0])
 
     def training_step(self, batch: UserBatch, batch_idx: int) -> torch.Tensor:
-        mu, logvar = self.posterior(batch, self.dropout)
-        rec = reconstruction_loss(self.loss, self.decoder(self.sample(mu, logvar)), batch.dense())
+        p = self.params
+        mu, logvar = self.posterior(batch, p.dropout)
+        rec = reconstruction_loss(p.loss, self.decoder(self.sample(mu, logvar)), batch.dense())
         kl = self.kl(mu, logvar)
-        beta = kl_weight(self.global_step, self.beta, self.anneal_steps)
+        beta = kl_weight(self.global_step, p.beta, p.anneal_steps)
         loss = rec + beta * kl
         self._log_terms(loss, kl, beta, len(batch))
         return loss
@@ -200,29 +201,27 @@ class RecVAE(VAE):
               "prior_weights", f"must be 3 positive weights summing to 1, got {list(prior_weights)}")
         for key, value in (("enc_passes", enc_passes), ("dec_passes", dec_passes)):
             check(isinstance(value, int) and value >= 1, key, f"must be an integer >= 1, got {value!r}")
-        self.width, self.layers, self.gamma = hidden, layers, float(gamma)
-        self.log_prior_weights = [math.log(w) for w in prior_weights]
-        self.enc_passes, self.dec_passes = enc_passes, dec_passes
         self.automatic_optimization = False
 
-    def build(self, n_users: int, n_items: int) -> None:
-        super().build(n_users, n_items)
+    def build(self, schema) -> None:
+        super().build(schema)
         self.prior_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
 
     def _encoder(self, n_items: int) -> nn.Module:
-        return RecVAEEncoder(n_items, self.width, self.layers, self.latent)
+        p = self.params
+        return RecVAEEncoder(n_items, p.hidden, p.layers, p.latent)
 
     def _decoder(self, n_items: int) -> nn.Module:
-        return nn.Linear(self.latent, n_items)
+        return nn.Linear(self.params.latent, n_items)
 
     def posterior(self, batch: UserBatch, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(batch, dropout)
 
     def view_options(self) -> dict:
-        return {"passes": self.enc_passes + self.dec_passes}
+        return {"passes": self.params.enc_passes + self.params.dec_passes}
 
     def configure_optimizers(self):
-        lr, wd = self.params["lr"], self.params["weight_decay"]
+        lr, wd = self.params.lr, self.params.weight_decay
         return (torch.optim.Adam(self.encoder.parameters(), lr=lr, weight_decay=wd),
                 torch.optim.Adam(self.decoder.parameters(), lr=lr, weight_decay=wd))
 
@@ -233,23 +232,25 @@ class RecVAE(VAE):
         zero = torch.zeros_like(z)
         parts = [gaussian_log_density(z, zero, zero), gaussian_log_density(z, old_mu, old_logvar),
                  gaussian_log_density(z, zero, zero + 10.0)]
-        return torch.logsumexp(torch.stack([p + w for p, w in zip(parts, self.log_prior_weights)]), dim=0)
+        log_weights = [math.log(w) for w in self.params.prior_weights]
+        return torch.logsumexp(torch.stack([p + w for p, w in zip(parts, log_weights)]), dim=0)
 
     def training_step(self, batch: UserBatch, batch_idx: int) -> None:
-        per_pass = self.trainer.num_training_batches // (self.enc_passes + self.dec_passes)
-        encoder_phase = batch_idx < self.enc_passes * per_pass
-        if batch_idx == self.enc_passes * per_pass:
+        p = self.params
+        per_pass = self.trainer.num_training_batches // (p.enc_passes + p.dec_passes)
+        encoder_phase = batch_idx < p.enc_passes * per_pass
+        if batch_idx == p.enc_passes * per_pass:
             self.prior_encoder.load_state_dict(self.encoder.state_dict())
         optimizer = self.optimizers()[0 if encoder_phase else 1]
         # only the optimised half gets gradients: the other half runs forward only
         self.toggle_optimizer(optimizer)
-        mu, logvar = self.posterior(batch, self.dropout if encoder_phase else 0.0)
+        mu, logvar = self.posterior(batch, p.dropout if encoder_phase else 0.0)
         z = self.sample(mu, logvar)
-        loss = reconstruction_loss(self.loss, self.decoder(z), batch.dense())
+        loss = reconstruction_loss(p.loss, self.decoder(z), batch.dense())
         if encoder_phase:
             kl = (gaussian_log_density(z, mu, logvar) - self.log_prior(batch, z)).sum(dim=1)
-            beta = kl_weight(self.global_step, self.beta, self.anneal_steps)
-            weight = beta * self.gamma * batch.indptr.diff().to(z.dtype) if self.gamma > 0 else beta
+            beta = kl_weight(self.global_step, p.beta, p.anneal_steps)
+            weight = beta * p.gamma * batch.indptr.diff().to(z.dtype) if p.gamma > 0 else beta
             loss = loss + (kl * weight).mean()
             self._log_terms(loss.detach(), kl.mean().detach(), beta, len(batch))
         optimizer.zero_grad()

@@ -1,7 +1,8 @@
-"""The one contract every model meets: fit on prepared data, score a batch of users against all items.
+"""The one contract every model meets: built from a Schema, fitted on prepared data, scoring a
+batch of users against all items (`score`) or against given candidates (`score_items`).
 
-Ranking, masking, metrics, submissions, checkpoints and ensembling only call `score`, so they
-are written once. Models trained by gradient descent subclass `recmovie.models.lightning.LitRecommender`,
+Ranking, masking, metrics, submissions, checkpoints and ensembling only call these, so they are
+written once. Models trained by gradient descent subclass `recmovie.models.lightning.LitRecommender`,
 which adds the Lightning hooks; closed-form models stay plain `torch.nn.Module`s so that a run
 of EASE does not pay Lightning's import time (about 5 s on 2 cores).
 """
@@ -12,15 +13,32 @@ import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from recmovie.data.prepare import PreparedData, UserBatch
-from recmovie.errors import ConfigError
+from recmovie.data.batches import UserBatch
+from recmovie.data.prepare import PreparedData
+from recmovie.errors import ConfigError, DataError
+from recmovie.schema import Schema
+
+CHECKPOINT_FORMAT = 2  # tensors + plain metadata, loaded with torch.load(weights_only=True)
+
+
+class Params(dict):
+    """A model's hyper-parameters, kept once: the constructor's keyword arguments, read as
+    `self.params.l2` (or `self.params["l2"]`), and saved as they are in the checkpoint."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no hyper-parameter {name!r}") from None
 
 
 class Recommender(torch.nn.Module):
     """Subclasses set `name`, take their hyper-parameters as keyword arguments (validated at once,
-    before any data is read), and implement `fit` (closed form) or the Lightning hooks, and `score`."""
+    before any data is read), and implement `build`, `fit` (closed form) or the Lightning hooks,
+    and `score` (and `score_items` where scoring a few candidates is cheaper than all items)."""
 
     name: ClassVar[str] = ""
     view: ClassVar[str] = "user_vectors"  # the data view it trains on
@@ -30,41 +48,55 @@ class Recommender(torch.nn.Module):
 
     def __init__(self, **params: Any):
         super().__init__()
-        self.params = dict(params)
-        self.n_users = 0
-        self.n_items = 0
+        self.params = Params(params)
+        self.schema: Schema | None = None
         # (step, metrics) recorded by a closed-form fit with its own solver (e.g. loss per ALS
         # iteration); the pipeline logs them into the run's curves after fit()
         self.fit_log: list[tuple[int, dict[str, float]]] = []
 
+    @property
+    def n_users(self) -> int:
+        return self.schema.n_users if self.schema else 0
+
+    @property
+    def n_items(self) -> int:
+        return self.schema.n_items if self.schema else 0
+
     # -- to implement
-    def build(self, n_users: int, n_items: int) -> None:
+    def build(self, schema: Schema) -> None:
         """Create the layers/buffers whose shapes depend on the data (also used when reloading)."""
-        self.n_users, self.n_items = n_users, n_items
+        self.schema = schema
 
     def fit(self, data: PreparedData) -> None:
-        """Closed-form fit; gradient models are fitted by the pipeline's Trainer instead."""
+        """Closed-form fit; gradient models are fitted by recmovie.training instead."""
         raise NotImplementedError(f"{type(self).__name__} is trained by Lightning, not in closed form")
 
     def score(self, batch: UserBatch) -> torch.Tensor:
         """[len(batch), n_items] scores, higher is better; training items are masked by the caller."""
         raise NotImplementedError
 
-    # -- checkpoints: class path + params + data shapes + tensors; loadable without the data
+    def score_items(self, batch: UserBatch, items: torch.Tensor) -> torch.Tensor:
+        """[B, C] scores of the candidates `items` [B, C] (dense ids; -1 = no candidate, its score
+        is ignored). Default: gathered from `score`; models whose score of one item is cheap
+        (feature models, re-rankers) override it to skip the full catalogue."""
+        full = self.score(batch)
+        return full.gather(1, items.to(full.device).clamp_min(0))
+
+    # -- checkpoints: class path + params + schema + tensors; rebuilt without the data
     def checkpoint(self) -> dict:
         cls = type(self)
         return {
+            "format": CHECKPOINT_FORMAT,
             "target": f"{cls.__module__}.{cls.__qualname__}",
-            "params": self.params,
-            "n_users": self.n_users,
-            "n_items": self.n_items,
+            "params": dict(self.params),
+            "schema": self.schema.to_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
 
     @staticmethod
     def from_checkpoint(ckpt: dict) -> "Recommender":
         model = model_class(ckpt["target"])(**ckpt["params"])
-        model.build(ckpt["n_users"], ckpt["n_items"])
+        model.build(Schema.from_dict(ckpt["schema"]))
         own = model.state_dict()
         for key, value in ckpt["state_dict"].items():
             if key not in own or own[key].shape != value.shape:  # data-sized buffer filled by fit()
@@ -118,8 +150,28 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
         torch.save(ckpt, tmp)
 
 
+def plain(value: Any) -> Any:
+    """Checkpoint metadata as tensors and plain values only (numpy arrays become tensors)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's tensors and metadata; never unpickles arbitrary objects (weights_only), so a
+    downloaded artifact cannot run code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, or objects beyond tensors and plain values
+        raise DataError(path, f"not a recmovie checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(path, f"not a recmovie checkpoint of format {CHECKPOINT_FORMAT} (retrain the run "
+                        "with this version)")
+    return ckpt

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recmovie.data.prepare import PreparedData, UserBatch
+from recmovie.data.batches import UserBatch
+from recmovie.data.prepare import PreparedData
 from recmovie.errors import DataError
 from recmovie.models.base import Recommender, check
 
@@ -26,11 +27,10 @@ class Popularity(Recommender):
     def __init__(self, half_life_days: float | None = None):
         super().__init__(half_life_days=half_life_days)
         check(half_life_days is None or half_life_days > 0, "half_life_days", "must be > 0 or null")
-        self.half_life_days = half_life_days
         self.register_buffer("popularity", torch.zeros(0))
 
     def fit(self, data: PreparedData) -> None:
-        self.popularity = torch.from_numpy(_popularity(data, self.half_life_days).astype(np.float32))
+        self.popularity = torch.from_numpy(_popularity(data, self.params.half_life_days).astype(np.float32))
 
     def score(self, batch: UserBatch) -> torch.Tensor:
         return self.popularity.expand(len(batch), -1).clone()
@@ -46,8 +46,6 @@ class GenreRule(Recommender):
         super().__init__(n_genres=n_genres, half_life_days=half_life_days)
         check(isinstance(n_genres, int) and n_genres >= 1, "n_genres", f"must be an integer >= 1, got {n_genres!r}")
         check(half_life_days is None or half_life_days > 0, "half_life_days", "must be > 0 or null")
-        self.n_genres = n_genres
-        self.half_life_days = half_life_days
         self.register_buffer("popularity", torch.zeros(0))
         self.register_buffer("item_genre", torch.zeros(0, 0))
 
@@ -55,14 +53,14 @@ class GenreRule(Recommender):
         genre = data.side_matrix("genre")
         if genre is None or genre.nnz == 0:
             raise DataError("genres.tsv", "genre_rule needs item genres, and this dataset has none")
-        pop = _popularity(data, self.half_life_days)
+        pop = _popularity(data, self.params.half_life_days)
         # popularity squeezed into [0, 1) so that "in a top genre" (+1) always ranks first
         self.popularity = torch.from_numpy((pop / (pop.max() + 1.0)).astype(np.float32))
         self.item_genre = torch.from_numpy(genre.toarray().astype(np.float32))
 
     def score(self, batch: UserBatch) -> torch.Tensor:
         profile = batch.csr() @ self.item_genre  # [B, genres]: weighted genre counts of the history
-        k = min(self.n_genres, profile.shape[1])
+        k = min(self.params.n_genres, profile.shape[1])
         top = torch.topk(profile, k, dim=1).indices
         chosen = torch.zeros_like(profile).scatter_(1, top, 1.0) * (profile > 0)
         in_top = (chosen @ self.item_genre.T) > 0

@@ -1,27 +1,21 @@
-"""Gradient-trained models: the Lightning side of the Recommender contract, and the Trainer loop.
+"""The Lightning side of the Recommender contract: gradient-trained models subclass LitRecommender.
 
-Validation ranks the users with hidden interactions through the same engine and metric as the
-final evaluation, so early stopping watches the competition's Recall@K; the best epoch's weights
-are kept in memory and restored at the end.
+Validation ranks the users with hidden validation interactions through the same engine and metric
+as the final evaluation, so early stopping watches the competition's Recall@K. Under DDP each
+process ranks its share of the users and the shares are gathered before the metric is computed,
+so every process sees the same figure over every validation user. The Trainer, its callbacks and
+its logger are built in recmovie/training.py.
 """
 from __future__ import annotations
-
-import copy
-import logging
-import time
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, EarlyStopping
 
-from recmovie.data.datamodule import RecDataModule
-from recmovie.data.prepare import PreparedData, UserBatch
+from recmovie.data.batches import UserBatch
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import topk_unseen
 from recmovie.models.base import Recommender, check
-
-log = logging.getLogger(__name__)
 
 
 class LitRecommender(Recommender, pl.LightningModule):
@@ -40,12 +34,12 @@ class LitRecommender(Recommender, pl.LightningModule):
         check(isinstance(max_epochs, int) and max_epochs >= 1, "max_epochs", f"must be an integer >= 1, got {max_epochs!r}")
         check(isinstance(patience, int) and patience >= 1, "patience", f"must be an integer >= 1, got {patience!r}")
         self.eval_k = 10
-        self.eval_holdout = None
+        self.eval_holdout = None  # the validation part, set by recmovie.training before fitting
         self._val_users: list[np.ndarray] = []
         self._val_items: list[np.ndarray] = []
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.params["lr"], weight_decay=self.params["weight_decay"])
+        return torch.optim.Adam(self.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay)
 
     # -- validation: the ranking engine's top-k, the competition metric at epoch end
     def validation_step(self, batch: UserBatch, batch_idx: int) -> None:
@@ -54,85 +48,30 @@ class LitRecommender(Recommender, pl.LightningModule):
         self._val_items.append(items.cpu().numpy())
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_users:
-            return
-        users, items = np.concatenate(self._val_users), np.concatenate(self._val_items)
+        k = min(self.eval_k, self.n_items)
+        users = np.concatenate(self._val_users) if self._val_users else np.zeros(0, np.int64)
+        items = np.concatenate(self._val_items) if self._val_items else np.zeros((0, k), np.int64)
         self._val_users, self._val_items = [], []
-        metrics = evaluate(items, users, self.eval_holdout, self.n_users, self.eval_k)
-        for key, value in metrics.items():
-            self.log(f"val_{key}", value, prog_bar=key == f"recall_at_{self.eval_k}")
-
-
-class BestWeights(Callback):
-    """Keep the best validation epoch's weights in memory (no checkpoint files) and its score."""
-
-    def __init__(self, monitor: str):
-        self.monitor = monitor
-        self.best_score = -float("inf")
-        self.best_epoch = -1
-        self.state: dict | None = None
-
-    # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the
-    # module's, which logs this epoch's metrics (they would see the previous epoch's)
-    def on_validation_end(self, trainer, pl_module) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and float(value) > self.best_score:
-            self.best_score, self.best_epoch = float(value), trainer.current_epoch
-            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.state_dict().items()})
-
-
-class MlflowEpochLogger(Callback):
-    """Per-epoch curves into the MLflow run: training loss and validation metrics (names prefixed
-    by `prefix`, so that two fits in one run keep separate curves)."""
-
-    def __init__(self, run, prefix: str = ""):
-        self.run = run
-        self.prefix = prefix
-        self.t0 = time.perf_counter()
-
-    def _log(self, trainer, metrics: dict) -> None:
-        self.run.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step=trainer.current_epoch)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")}
-        m["epoch_seconds"] = time.perf_counter() - self.t0
-        self.t0 = time.perf_counter()
-        self._log(trainer, m)
-
-    def on_validation_end(self, trainer, pl_module) -> None:  # after the module logged them (see BestWeights)
-        if trainer.sanity_checking:
+        users, items = self._gather(users, items)
+        if not len(users):
             return
-        self._log(trainer, {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")})
+        metrics = evaluate(items, users, self.eval_holdout, self.n_users, self.eval_k)
+        metrics["users"] = float(len(np.unique(users)))
+        distributed = self.trainer.world_size > 1  # equal on every process: the reduce is only Lightning's bookkeeping
+        for key, value in metrics.items():
+            self.log(f"val_{key}", value, prog_bar=key == f"recall_at_{self.eval_k}", sync_dist=distributed)
 
-
-def fit_lightning(model: LitRecommender, data: PreparedData, cfg, run, max_epochs: int | None = None,
-                  prefix: str = "") -> dict:
-    """Train with a Lightning Trainer; with a holdout, early-stop on validation Recall@k and restore
-    the best epoch. Returns {"best_epoch", "best_score", "epochs"}; MLflow curves get `prefix`."""
-    k = int(cfg.eval.k)
-    model.eval_k, model.eval_holdout = k, data.holdout
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    dm = RecDataModule(data, model.view, int(model.params["batch_size"]), int(cfg.eval.chunk_size),
-                       seed=int(cfg.seed), num_workers=int(cfg.trainer.num_workers),
-                       view_options=getattr(model, "view_options", lambda: {})())
-    has_val = len(data.holdout) > 0
-    monitor = f"val_recall_at_{k}"
-    callbacks: list[Callback] = [MlflowEpochLogger(run, prefix)]
-    best = BestWeights(monitor)
-    if has_val:
-        callbacks += [best, EarlyStopping(monitor=monitor, mode="max", patience=int(model.params["patience"]))]
-    trainer = pl.Trainer(
-        max_epochs=int(max_epochs or model.params["max_epochs"]),
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=cfg.trainer.precision,
-        deterministic=cfg.trainer.deterministic, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=1.0 if has_val else 0, callbacks=callbacks,
-    )
-    trainer.fit(model, datamodule=dm)
-    model.cpu()
-    result = {"epochs": trainer.current_epoch, "best_epoch": best.best_epoch, "best_score": best.best_score}
-    if has_val and best.state is not None:
-        model.load_state_dict(best.state)
-        log.info("restored the best epoch %d (%s %.4f)", best.best_epoch, monitor, best.best_score)
-        run.log_metrics({"best_epoch": best.best_epoch, f"best_{monitor}": best.best_score})
-    return result
+    def _gather(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every process's ranked users, padded to the longest share for all_gather."""
+        if self.trainer.world_size == 1:
+            return users, items
+        counts = self.all_gather(torch.tensor([len(users)], device=self.device)).flatten()
+        n = int(counts.max())
+        padded_users = torch.full((n,), -1, dtype=torch.int64)
+        padded_users[: len(users)] = torch.from_numpy(users)
+        padded_items = torch.full((n, items.shape[1]), -1, dtype=torch.int64)
+        padded_items[: len(items)] = torch.from_numpy(items)
+        all_users = self.all_gather(padded_users.to(self.device)).reshape(-1).cpu().numpy()
+        all_items = self.all_gather(padded_items.to(self.device)).reshape(-1, items.shape[1]).cpu().numpy()
+        keep = all_users >= 0
+        return all_users[keep], all_items[keep]

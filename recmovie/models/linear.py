@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recmovie.data.prepare import PreparedData, UserBatch
+from recmovie.data.batches import UserBatch
+from recmovie.data.prepare import PreparedData
 from recmovie.models.base import Recommender, check
 from recmovie.models.ops import column_tiles, gram, history_times
 
@@ -118,10 +119,9 @@ class EASE(ItemItemModel):
         super().__init__(l2=l2, dtype=dtype)
         check(l2 > 0, "l2", f"must be > 0, got {l2}")
         check(dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
-        self.l2, self.dtype = float(l2), DTYPES[dtype]
 
     def fit(self, data: PreparedData) -> None:
-        p = regularised_inverse(data.train_matrix, self.l2, self.dtype)
+        p = regularised_inverse(data.train_matrix, float(self.params.l2), DTYPES[self.params.dtype])
         b = p / (-p.diagonal())
         b.diagonal().zero_()
         self.set_matrix(b)
@@ -151,15 +151,14 @@ class EDLAE(ItemItemModel):
         check(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
         check(0 <= xi < 1, "xi", f"must be in [0, 1), got {xi}")
         check(dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
-        self.dtype = DTYPES[dtype]
 
     def fit(self, data: PreparedData) -> None:
         p = self.params
         x = data.train_matrix
-        lam = p["l2"] + p["dropout"] / (1.0 - p["dropout"]) * item_sq_norms(x)
-        inv = regularised_inverse(x, lam, self.dtype)
-        lam = torch.as_tensor(lam).to(self.dtype)
-        mu = ((1.0 - p["xi"]) / inv.diagonal() - lam).clamp_(min=0)
+        lam = p.l2 + p.dropout / (1.0 - p.dropout) * item_sq_norms(x)
+        inv = regularised_inverse(x, lam, DTYPES[p.dtype])
+        lam = torch.as_tensor(lam).to(DTYPES[p.dtype])
+        mu = ((1.0 - p.xi) / inv.diagonal() - lam).clamp_(min=0)
         b = inv.mul_(-(lam + mu)[None, :])
         b.diagonal().add_(1.0)
         self.set_matrix(b)
@@ -192,24 +191,23 @@ class ADMMSLIM(ItemItemModel):
         check(isinstance(iterations, int) and iterations >= 1, "iterations",
               f"must be an integer >= 1, got {iterations!r}")
         check(dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
-        self.dtype = DTYPES[dtype]
 
     def prox(self, v: torch.Tensor) -> torch.Tensor:
         """argmin_C 2 l1 |C|_1 + rho ||C - v||^2 (over C >= 0 with nonneg)."""
-        t = self.params["l1"] / self.params["rho"]
-        if self.params["nonneg"]:
+        t = self.params.l1 / self.params.rho
+        if self.params.nonneg:
             return (v - t).clamp_(min=0)
         return v.sign() * (v.abs() - t).clamp_(min=0)
 
     def fit(self, data: PreparedData) -> None:
         p = self.params
-        l2, rho = p["l2"], p["rho"]
-        inv = RidgeInverse(data.train_matrix, l2 + rho, self.dtype)
+        l2, rho, dtype = p.l2, p.rho, DTYPES[p.dtype]
+        inv = RidgeInverse(data.train_matrix, l2 + rho, dtype)
         n = data.n_items
-        c = torch.zeros(n, n, dtype=self.dtype)
-        u = torch.zeros(n, n, dtype=self.dtype)
+        c = torch.zeros(n, n, dtype=dtype)
+        u = torch.zeros(n, n, dtype=dtype)
         self.fit_log = []
-        for it in range(p["iterations"]):
+        for it in range(p.iterations):
             if it == 0:  # C = U = 0: the first B step is EASE with ridge l2 + rho, no product needed
                 b = inv.ease_weights()
             else:

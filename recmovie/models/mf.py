@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recmovie.data.prepare import PreparedData, UserBatch
-from recmovie.data.views import SAMPLINGS, PairBatch
+from recmovie.data.batches import PairBatch, UserBatch
+from recmovie.data.prepare import PreparedData
+from recmovie.data.samplers import SAMPLINGS
 from recmovie.models.base import Recommender, check
 from recmovie.models.lightning import LitRecommender
 from recmovie.models.losses import PAIRWISE, pairwise_loss
@@ -35,24 +36,24 @@ class BPRMF(LitRecommender):
         check(sampling in SAMPLINGS, "sampling", f"must be one of {list(SAMPLINGS)}, got {sampling!r}")
         check(reg >= 0, "reg", f"must be >= 0, got {reg}")
         check(init_std > 0, "init_std", f"must be > 0, got {init_std}")
-        self.dim, self.loss, self.reg, self.init_std = dim, loss, float(reg), float(init_std)
 
     def configure_optimizers(self):
         # every step updates the whole embedding tables (dense gradients): the fused kernel halves
         # the step time at the competition's size
-        return torch.optim.Adam(self.parameters(), lr=self.params["lr"], weight_decay=self.params["weight_decay"],
+        return torch.optim.Adam(self.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay,
                                 fused=True)
 
     def view_options(self) -> dict:
-        return {"n_negatives": self.params["n_negatives"], "sampling": self.params["sampling"]}
+        return {"n_negatives": self.params.n_negatives, "sampling": self.params.sampling}
 
-    def build(self, n_users: int, n_items: int) -> None:
-        super().build(n_users, n_items)
-        self.user_emb = torch.nn.Embedding(n_users, self.dim)
-        self.item_emb = torch.nn.Embedding(n_items, self.dim)
-        self.item_bias = torch.nn.Embedding(n_items, 1)
-        torch.nn.init.normal_(self.user_emb.weight, std=self.init_std)
-        torch.nn.init.normal_(self.item_emb.weight, std=self.init_std)
+    def build(self, schema) -> None:
+        super().build(schema)
+        p = self.params
+        self.user_emb = torch.nn.Embedding(schema.n_users, p.dim)
+        self.item_emb = torch.nn.Embedding(schema.n_items, p.dim)
+        self.item_bias = torch.nn.Embedding(schema.n_items, 1)
+        torch.nn.init.normal_(self.user_emb.weight, std=p.init_std)
+        torch.nn.init.normal_(self.item_emb.weight, std=p.init_std)
         torch.nn.init.zeros_(self.item_bias.weight)
 
     def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
@@ -61,15 +62,21 @@ class BPRMF(LitRecommender):
         n = self.item_emb(batch.neg)  # [B, n_neg, d]
         pos = (u * p).sum(-1) + self.item_bias(batch.pos).squeeze(-1)
         neg = (u[:, None, :] * n).sum(-1) + self.item_bias(batch.neg).squeeze(-1)
-        loss = pairwise_loss(self.loss, pos, neg, batch.weight)
+        loss = pairwise_loss(self.params.loss, pos, neg, batch.weight)
         self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(batch))
-        if self.reg:
+        if self.params.reg:
             # L2 on the vectors this batch touches (per pair), as in the BPR paper's SGD updates
-            loss = loss + self.reg * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum() / n.shape[1]) / len(batch)
+            reg = u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum() / n.shape[1]
+            loss = loss + self.params.reg * reg / len(batch)
         return loss
 
     def score(self, batch: UserBatch) -> torch.Tensor:
         return self.user_emb(batch.users) @ self.item_emb.weight.T + self.item_bias.weight.T
+
+    def score_items(self, batch: UserBatch, items: torch.Tensor) -> torch.Tensor:
+        items = items.clamp_min(0)
+        u = self.user_emb(batch.users)  # [B, d]
+        return (self.item_emb(items) * u[:, None, :]).sum(-1) + self.item_bias(items).squeeze(-1)
 
 
 class ALS(Recommender):
@@ -96,7 +103,7 @@ class ALS(Recommender):
     def confidence(self, data: PreparedData):
         """users x items CSR of c_ui = 1 + alpha * w_ui (implicit reads the values as confidences)."""
         c = data.train_matrix.astype(np.float32)
-        c.data = 1.0 + np.float32(self.params["alpha"]) * c.data
+        c.data = 1.0 + np.float32(self.params.alpha) * c.data
         return c
 
     def fit(self, data: PreparedData) -> None:
@@ -107,9 +114,9 @@ class ALS(Recommender):
         # implicit runs its own OpenMP threads; a multi-threaded BLAS inside them oversubscribes the
         # cores (implicit warns about it). Limited here only, so torch keeps its threads afterwards.
         with threadpool_limits(1, "blas"):
-            als = AlternatingLeastSquares(factors=p["factors"], regularization=p["l2"], alpha=1.0,
-                                          iterations=p["iterations"], use_cg=p["use_cg"],
-                                          calculate_training_loss=True, random_state=p["seed"])
+            als = AlternatingLeastSquares(factors=p.factors, regularization=p.l2, alpha=1.0,
+                                          iterations=p.iterations, use_cg=p.use_cg,
+                                          calculate_training_loss=True, random_state=p.seed)
             self.fit_log = []
             als.fit(self.confidence(data), show_progress=False,
                     callback=lambda it, seconds, loss: self.fit_log.append(

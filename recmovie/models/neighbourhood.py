@@ -16,7 +16,8 @@ import scipy.sparse as sp
 import torch
 from numba import njit, prange
 
-from recmovie.data.prepare import PreparedData, UserBatch
+from recmovie.data.batches import UserBatch
+from recmovie.data.prepare import PreparedData
 from recmovie.models.base import Recommender, check
 from recmovie.models.linear import ItemItemModel
 from recmovie.models.ops import gram
@@ -70,17 +71,16 @@ class ItemKNN(ItemItemModel):
     def __init__(self, k: int = 200, shrink: float = 10.0, weighting: str = "bm25", k1: float = 1.2, b: float = 0.75):
         super().__init__(k=k, shrink=shrink, weighting=weighting, k1=k1, b=b)
         check_neighbours(k, shrink, weighting, k1, b)
-        self.k, self.shrink = k, float(shrink)
 
     def fit(self, data: PreparedData) -> None:
         p = self.params
         items = data.train_matrix.T.tocsr()  # items as rows over users
-        items = weigh_rows(items, p["weighting"], column_idf(items), mean_row_length(items), p["k1"], p["b"])
+        items = weigh_rows(items, p.weighting, column_idf(items), mean_row_length(items), p.k1, p.b)
         g = torch.from_numpy(gram(items.T.tocsr()))
         norms = g.diagonal().clone().sqrt_()
-        sim = g.div_(norms[:, None] * norms[None, :] + self.shrink + 1e-12)
+        sim = g.div_(norms[:, None] * norms[None, :] + p.shrink + 1e-12)
         sim.diagonal().zero_()
-        k = min(self.k, sim.shape[0])
+        k = min(p.k, sim.shape[0])
         top = torch.topk(sim, k, dim=0)  # neighbours of each target item j: column j
         pruned = torch.zeros_like(sim).scatter_(0, top.indices, top.values)
         self.set_matrix(pruned)
@@ -172,7 +172,7 @@ class UserKNN(Recommender):
         x = data.train_matrix.astype(np.float32)
         p = self.params
         idf, mean_len = column_idf(x), mean_row_length(x)
-        w = weigh_rows(x, p["weighting"], idf, mean_len, p["k1"], p["b"])
+        w = weigh_rows(x, p.weighting, idf, mean_len, p.k1, p.b)
         self.x_indptr = torch.from_numpy(x.indptr.astype(np.int64))
         self.x_indices = torch.from_numpy(x.indices.astype(np.int64))
         self.x_data = torch.from_numpy(x.data.astype(np.float32))
@@ -200,12 +200,12 @@ class UserKNN(Recommender):
         inv_indptr, inv_users, inv_data, norms = self._inverted_index()
         q = sp.csr_matrix((batch.values.numpy(), batch.indices.numpy(), batch.indptr.numpy()),
                           shape=(len(batch), self.n_items))
-        q = weigh_rows(q, p["weighting"], self.idf.numpy().astype(np.float64), float(self.mean_len), p["k1"], p["b"])
+        q = weigh_rows(q, p.weighting, self.idf.numpy().astype(np.float64), float(self.mean_len), p.k1, p.b)
         q_norm = row_norms(q)
         users = batch.users.numpy()
         self_id = np.where(users < len(norms), users, -1).astype(np.int64)
         out = np.zeros((len(batch), self.n_items), np.float32)
         _user_neighbour_scores(q.indptr.astype(np.int64), q.indices.astype(np.int64), q.data.astype(np.float32),
                                q_norm, self_id, inv_indptr, inv_users, inv_data, norms, self.x_indptr.numpy(),
-                               self.x_indices.numpy(), self.x_data.numpy(), p["k"], np.float32(p["shrink"]), out)
+                               self.x_indices.numpy(), self.x_data.numpy(), p.k, np.float32(p.shrink), out)
         return torch.from_numpy(out)

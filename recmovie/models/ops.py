@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 from numba import njit, prange
 
-from recmovie.data.prepare import UserBatch
+from recmovie.data.batches import UserBatch
 
 
 @njit(parallel=True, cache=True, nogil=True)
