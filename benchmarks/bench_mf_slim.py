@@ -50,7 +50,8 @@ def scale(work: Path, models: list[str], bpr_epochs: int) -> None:
     run_measured(train_args(work, "scale-warmup", data, "model=popularity"), REPO, work / "logs" / "scale-warmup.log")
     print("| model | fit s | rank s | wall s | peak RSS MB |\n|---|---|---|---|---|")
     for m in models:
-        extra = [f"model.max_epochs={bpr_epochs}"] if m == "bpr_mf" else []
+        # split@validation=none: BPR-MF trains the epochs asked for, with no probe before a refit
+        extra = [f"model.max_epochs={bpr_epochs}", "split@validation=none"] if m == "bpr_mf" else []
         name = f"scale-{m}"
         r = run_measured(train_args(work, name, data, f"model={m}", *extra), REPO, work / "logs" / f"{name}.log")
         t = timings(r["stdout"])
@@ -68,6 +69,7 @@ def ratio(work: Path, repeats: int) -> None:
     from recmovie.config import CONF_DIR
     from recmovie.data.prepare import prepare_data
     from recmovie.models.base import build_model
+    from recmovie.schema import Schema
 
     data = prepare_data(OmegaConf.load(CONF_DIR / "data" / "synthetic.yaml"), OmegaConf.create({"name": "none"}),
                         OmegaConf.load(CONF_DIR / "confidence" / "none.yaml"), work / "cache")
@@ -76,7 +78,7 @@ def ratio(work: Path, repeats: int) -> None:
     for _ in range(repeats):
         for m in names:
             model = build_model(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{m}.yaml")))
-            model.build(data.n_users, data.n_items)
+            model.build(Schema.from_data(data))
             t0 = time.perf_counter()
             model.fit(data)
             fits[m].append(time.perf_counter() - t0)

@@ -129,7 +129,8 @@ def run_name(model_name: str, overrides: list[str]) -> str:
     for override in overrides:
         override = override.lstrip("+")
         key = override.split("=", 1)[0]
-        if key == "model" or any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in _LOCATION_KEYS):
+        # `data=...` names the experiment the run is in already
+        if key in ("model", "data") or any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in _LOCATION_KEYS):
             continue
         parts.append(override.removeprefix("model."))
     name = " ".join(parts)

@@ -77,6 +77,12 @@ class EpochReport(Callback):
         self.best = (-float("inf"), -1)
         self.t0 = 0.0
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # a process spawned for DDP (ddp_spawn) starts without the command's logging setup
+        if trainer.is_global_zero and not logging.getLogger().handlers:
+            logging.basicConfig(format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+            log.setLevel(logging.INFO)
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.t0 = time.perf_counter()
 

@@ -34,6 +34,14 @@ def test_sweep_then_predict(tmp_path, small_dir):
     assert len({r.data.tags["sweep_id"] for r in found}) == 1
     assert sorted(r.data.tags["sweep_job"] for r in found) == ["0", "1"]
     assert all(r.info.status == "FINISHED" for r in found)
+    # run hygiene: readable names, locations as tags (not params), the log and the environment
+    assert sorted(r.info.run_name for r in found) == ["itemknn", "popularity"]
+    client = mlflow.MlflowClient()
+    for r in found:
+        assert os.path.isdir(r.data.tags["output_dir"]) and not any(k.startswith("paths.") for k in r.data.params)
+        names = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"train.log", "environment.txt", "val_candidates.csv", "candidates.csv"} <= names
+        assert "val_recall_at_10" in r.data.metrics and "recall_at_10" in r.data.metrics
 
     knn = next(r for r in found if r.data.tags["model"] == "itemknn")
     p = run("predict.py", f"run_id={knn.info.run_id}", "hydra.run.dir=pred", cwd=tmp_path)
@@ -63,3 +71,29 @@ def test_default_command_trains_ease_on_the_bundled_sample(tmp_path):
     assert r.data.metrics["recall_at_10"] > 0.1
     sub = pd.read_csv(r.data.tags["output_dir"] + "/submission.csv")
     assert len(sub) == 6100
+
+
+def test_a_gradient_sweep_shows_progress_names_runs_by_their_overrides_and_splits_val_from_test(tmp_path, small_dir):
+    p = run("train.py", "-m", "data=competition", f"data.dir={small_dir}", "model=multivae", "model.max_epochs=3",
+            "model.latent=16", "model.beta=0.1,0.2", "trainer.max_epochs=2", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    assert out.count("epoch 2/2") == 2 and "val_recall_at_10" in out  # one line per epoch
+    assert "stopped after epoch 2: max_epochs reached" in out
+    assert "validation  all" in p.stdout and "test        all" in p.stdout
+    found = runs(tmp_path)
+    assert sorted(r.info.run_name for r in found) == [
+        "multivae max_epochs=3 latent=16 beta=0.1 trainer.max_epochs=2",
+        "multivae max_epochs=3 latent=16 beta=0.2 trainer.max_epochs=2"]
+    for r in found:
+        m = r.data.metrics
+        assert m["epochs"] == 2 and m["val_recall_at_10"] != m["recall_at_10"]
+        assert len(mlflow.MlflowClient().get_metric_history(r.info.run_id, "train_loss")) == 2
+
+
+def test_trainer_keys_are_checked_by_name(tmp_path, small_dir):
+    p = run("train.py", "data=competition", f"data.dir={small_dir}", "model=multidae", "+trainer.max_epoch=1",
+            cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "error: config `trainer.max_epoch`: not an argument of Lightning's Trainer" in p.stderr
+    assert not (tmp_path / "mlruns").exists() or not runs(tmp_path)  # refused before any run or work

@@ -38,7 +38,7 @@ def python(code: str, *args: str) -> subprocess.Popen:
     ("als", ["model=als", "confidence=genre", "data.dir=/x/y"], "als confidence=genre"),
     ("ease", ["+model.extra=1", "++seed=3", "split=none"], "ease extra=1 seed=3 split=none"),
     ("ease", ["paths.log_dir=/o", "tracking.uri=sqlite:///x.db", "hydra.launcher.n_jobs=4",
-              "hydra/launcher=parallel", "data.dir=/d", "data=competition"], "ease data=competition"),
+              "hydra/launcher=parallel", "data.dir=/d", "data=competition"], "ease"),  # data= names the experiment
 ])
 def test_run_name(model, overrides, expected):
     assert run_name(model, overrides) == expected

@@ -1,0 +1,91 @@
+"""One contract, every model: each conf/model/*.yaml builds, fits on tiny data, scores the
+catalogue and a candidate set alike, ranks the same for any chunking, and its checkpoint alone
+rebuilds it to the same submission."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from recmovie.config import CONF_DIR
+from recmovie.data.prepare import prepare_data
+from recmovie.data.synthetic import generate_synthetic, write_competition_folder
+from recmovie.evaluation.ranking import rank
+from recmovie.models.base import Recommender, build_model, load_checkpoint, plain, save_checkpoint
+from recmovie.schema import Schema
+from tests.conftest import make_config
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+TINY = dict(n_users=120, n_items=80, n_interactions=3000, seed=5)
+# a couple of short epochs: this checks the contract, not quality (test_models and friends do that)
+SHORT = {"max_epochs": 2, "batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny") / "train"
+    write_competition_folder(generate_synthetic(**TINY), folder)
+    cfg = make_config(tmp_path_factory.mktemp("tiny_cfg"), ["data=competition", f"data.dir={folder}",
+                                                            "tracking.enabled=false"])
+    data = prepare_data(cfg.data, cfg.split, cfg.confidence, None, cfg.validation)
+    return cfg, data
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_model_meets_the_contract(tiny, tmp_path, name):
+    from recmovie.pipeline import fit_model
+    from recmovie.tracking import Run
+
+    cfg, data = tiny
+    spec = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+    model = build_model(spec)
+    if model.trained:
+        model = build_model({**spec, **SHORT})
+    torch.manual_seed(0)
+    model.build(Schema.from_data(data))
+    fitted = fit_model(model, data, cfg, Run()).model
+
+    users = np.arange(data.n_users)
+    batch = data.user_batch(users[:17])
+    with torch.no_grad():
+        fitted.eval()
+        full = fitted.score(batch)
+        assert full.shape == (17, data.n_items) and torch.isfinite(full).all()
+        items = torch.from_numpy(np.random.default_rng(0).integers(0, data.n_items, (17, 9)))
+        assert torch.allclose(fitted.score_items(batch, items), full.gather(1, items), rtol=1e-5, atol=1e-6)
+
+    ref = rank(fitted, data, k=20, chunk_size=data.n_users)
+    for chunk in (1, 23):
+        other = rank(fitted, data, k=20, chunk_size=chunk)
+        assert np.array_equal(ref.items, other.items), f"chunk {chunk}"
+
+    ckpt = fitted.checkpoint()
+    ckpt.update(config=OmegaConf.to_container(cfg, resolve=True), item_ids=plain(data.dataset.item_ids))
+    path = tmp_path / "model.pt"
+    save_checkpoint(ckpt, path)
+    again = Recommender.from_checkpoint(load_checkpoint(path))  # weights_only: tensors and plain values
+    assert type(again) is type(fitted) and again.params == fitted.params and again.schema == fitted.schema
+    reloaded = rank(again, data, k=20, chunk_size=31)
+    assert np.array_equal(reloaded.items, ref.items)
+    assert np.allclose(reloaded.scores, ref.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_that_holds_objects_is_refused(tmp_path):
+    from recmovie.errors import DataError
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 2, "payload": np.dtype("float32")}, path)  # unpickling would run numpy code
+    with pytest.raises(DataError, match="not a recmovie checkpoint"):
+        load_checkpoint(path)
+    path.write_text("not a checkpoint")
+    with pytest.raises(DataError, match="not a recmovie checkpoint"):
+        load_checkpoint(path)

@@ -1,0 +1,118 @@
+"""Training of gradient models: the Trainer from config, callbacks, samplers per DDP process, and a
+real 2-process DDP run (slow)."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from recmovie.data.samplers import PairSampler, PairStream, ShardedBatches
+from recmovie.errors import ConfigError
+from recmovie.models.base import build_model
+from recmovie.pipeline import load_data
+from recmovie.schema import Schema
+from recmovie.training import build_trainer, fit_lightning, trainer_arguments
+from tests.conftest import REPO, make_config
+
+
+@pytest.fixture(scope="module")
+def small_cfg(tmp_path_factory, small_dir):
+    work = tmp_path_factory.mktemp("training")
+    return lambda overrides=(): make_config(work, [
+        "data=competition", f"data.dir={small_dir}", "tracking.enabled=false", "model=multidae",
+        "model.latent=16", "model.batch_size=64", *overrides])
+
+
+def _model(cfg, data):
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
+    model.build(Schema.from_data(data))
+    return model
+
+
+def test_trainer_arguments_are_lightnings_and_unknown_ones_are_refused():
+    assert trainer_arguments({"max_epochs": 3, "limit_train_batches": 2, "devices": None}) == {
+        **trainer_arguments({}), "max_epochs": 3, "limit_train_batches": 2}
+    with pytest.raises(ConfigError, match="trainer.max_epoch`: not an argument"):
+        trainer_arguments({"max_epoch": 3})
+    with pytest.raises(ConfigError, match="trainer.callbacks`: set by recmovie"):
+        trainer_arguments({"callbacks": []})
+
+
+def test_any_trainer_key_reaches_the_trainer(small_cfg):
+    cfg = small_cfg(["+trainer.limit_train_batches=2", "trainer.max_epochs=1", "+trainer.log_every_n_steps=7"])
+    data = load_data(cfg)
+    trainer = build_trainer(cfg, _model(cfg, data), validate=True)
+    assert (trainer.limit_train_batches, trainer.max_epochs, trainer.log_every_n_steps) == (2, 1, 7)
+    assert trainer.max_epochs == 1  # trainer.max_epochs wins over the model's own
+
+
+def test_early_stopping_says_when_and_why_it_stopped(small_cfg, caplog):
+    # a learning rate this small never improves the validation figure: stops after `patience` epochs
+    cfg = small_cfg(["model.lr=1e-12", "model.patience=2", "model.max_epochs=20"])
+    data = load_data(cfg).fit_part()
+    with caplog.at_level(logging.INFO, logger="recmovie.training"):
+        found = fit_lightning(_model(cfg, data), data, data, cfg)
+    assert found["epochs"] < 20 and found["best_epoch"] >= 1
+    text = caplog.text
+    assert "early stopping after epoch" in text and "did not improve for 2 epochs" in text
+    assert text.count("val_recall_at_10") >= found["epochs"]  # one line per epoch
+
+
+def test_without_callbacks_training_runs_its_epochs(small_cfg):
+    cfg = small_cfg(["callbacks=none", "model.lr=1e-12", "model.patience=1", "model.max_epochs=4"])
+    data = load_data(cfg).fit_part()
+    found = fit_lightning(_model(cfg, data), data, data, cfg)
+    assert found["epochs"] == 4 and found["best_epoch"] == 0  # nothing kept: the last epoch's weights
+
+
+@pytest.mark.parametrize("n,world", [(10, 1), (11, 2), (7, 3)])
+def test_sharded_batches_cover_every_row_with_equal_steps_per_process(n, world):
+    shares = [ShardedBatches(n, 3, seed=5, passes=2, rank=r, world=world) for r in range(world)]
+    for s in shares:
+        s.set_epoch(4)
+    batches = [list(s) for s in shares]
+    assert len({len(b) for b in batches}) == 1 and len(batches[0]) == len(shares[0])
+    seen = np.concatenate([np.concatenate(b) for b in batches])
+    assert set(seen.tolist()) == set(range(n))  # every row (padding repeats a few)
+    again = ShardedBatches(n, 3, seed=5, passes=2, rank=0, world=world)
+    again.set_epoch(4)
+    assert all(np.array_equal(a, b) for a, b in zip(again, batches[0]))  # seeded by (seed, epoch, rank)
+    again.set_epoch(5)
+    assert not all(np.array_equal(a, b) for a, b in zip(again, batches[0]))  # a new order each epoch
+
+
+def test_pair_streams_differ_between_processes(small_cfg):
+    data = load_data(small_cfg())
+    sampler = PairSampler(data, n_negatives=2)
+    first, second = (list(PairStream(sampler, 500, seed=1, rank=r, world=2)) for r in (0, 1))
+    assert len(first) == len(second) == -(-len(sampler) // 1000)
+    assert not torch.equal(first[0].users, second[0].users)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_gives_one_run_one_submission_and_validates_every_user(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    p = subprocess.run([sys.executable, str(REPO / "train.py"), "model=multivae", "trainer=ddp", "trainer.devices=2",
+                        "model.max_epochs=2", "model.latent=32", "hydra.run.dir=out"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FINISHED" and run.data.params["trainer.strategy"] == "ddp_spawn"
+    sub = pd.read_csv(tmp_path / "out" / "submission.csv")
+    assert sub["user"].nunique() == 610 and (sub.groupby("user")["item"].nunique() == 10).all()
+    cfg = make_config(tmp_path / "check", [])
+    data = load_data(cfg)
+    n_val_users = len(np.unique(data.validation.user))
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_users")
+    assert [h.value for h in history] == [n_val_users] * 2  # both processes' users, every epoch
+    assert run.data.metrics["val_recall_at_10"] > 0
