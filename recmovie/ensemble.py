@@ -400,6 +400,7 @@ def run_ensemble(cfg: DictConfig) -> float | None:
             "members": ",".join(ids), "member_models": ",".join(models), "data_fingerprint": data.fingerprint}
     experiment = cfg.tracking.experiment or client.get_experiment(base.info.experiment_id).name
     out_dir = Path(cfg.paths.output_dir)
+    tags["output_dir"] = str(out_dir.resolve())
     with start_run(uri, str(experiment), cfg.tracking.get("run_name") or f"ensemble-{cfg.method}", tags,
                    cfg.tracking.enabled) as run:
         run.log_params({**flatten(logged), "data_fingerprint": data.fingerprint})

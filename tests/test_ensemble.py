@@ -217,12 +217,19 @@ def test_two_run_ensemble_end_to_end_through_mlflow(members, tmp_path):
 def test_weight_search_query_selection_and_report(members, tmp_path):
     query = [f"query.experiment={members.experiment}", "query.split=competition"]
     plain = run_ensemble(ensemble_config(tmp_path / "a", members, query))
+    # searched on the VALIDATION part: a grid of equal weights alone, then a wider one holding them
+    run_ensemble(ensemble_config(tmp_path / "e", members, [*query, "search.method=grid", "search.grid=[1]"]))
     cfg = ensemble_config(tmp_path / "b", members, [*query, "search.method=grid", "search.grid=[0,1,3]"])
     searched = run_ensemble(cfg)
-    assert searched >= plain  # the grid holds equal weights
+    mlflow.set_tracking_uri(members.cfg.tracking.uri)
+    by_dir = {r.data.tags.get("output_dir"): r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    equal_val = by_dir[str(tmp_path / "e" / "out")].data.metrics["val_recall_at_10"]
+    run = by_dir[str(tmp_path / "b" / "out")]
+    assert run.data.metrics["val_recall_at_10"] >= equal_val  # what the search maximised
+    assert run.data.metrics["recall_at_10"] == pytest.approx(searched) != run.data.metrics["val_recall_at_10"]
+    assert plain == pytest.approx(by_dir[str(tmp_path / "a" / "out")].data.metrics["recall_at_10"])
     table = pd.read_csv(f"{cfg.paths.output_dir}/members.csv")
     assert sorted(table["model"]) == ["ease", "itemknn", "popularity"]
-    assert table["recall_at_10"].is_monotonic_decreasing  # best first
     assert table["weight"].max() == 1.0
 
     ocfg = ensemble_config(tmp_path / "c", members, [*query, "search.method=optuna", "search.trials=8",
@@ -240,7 +247,8 @@ def test_weight_search_query_selection_and_report(members, tmp_path):
     md = write_report(rcfg)
     report = pd.read_csv(md.parent / "report.csv")
     assert set(report["model"]) == {"ease", "itemknn", "popularity", "ensemble"}
-    assert report["recall_at_10"].is_monotonic_decreasing
+    ranked = report["val_recall_at_10"].dropna()  # runs by their selection figure, best first
+    assert ranked.is_monotonic_decreasing and len(ranked) >= 3
     assert report.loc[report.model == "ease", "params"].item() == "dtype=float32, l2=50"
     assert (md.parent / "recall_by_model.png").stat().st_size > 1000
     assert (md.parent / "validation_curves.png").exists()
