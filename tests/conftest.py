@@ -20,6 +20,17 @@ def _no_env_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models: a second thread only waits on a busy machine (CI shares its cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def small_dataset():
     return generate_synthetic(**SMALL)

@@ -36,13 +36,7 @@ MODELS = ["ae", "dae", "vae", "multidae", "multivae", "recvae"]
 FAST = ["model.batch_size=32", "model.lr=0.01", "model.patience=3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # these models are small: a second thread only waits on a busy machine (CI shares its cores)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
