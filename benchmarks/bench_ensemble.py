@@ -129,7 +129,7 @@ def main() -> None:
     n_members = len(args.members)
     best = max(rows[:n_members], key=lambda r: r["hidden"]["recall"]["all"])
     print(f"\n{args.bench.name}: {n_members} members, top_n {args.top_n}, weights searched by {args.search} "
-          f"on the split=competition runs' holdout; hidden = {args.bench / 'hidden.csv'}; store {uri}")
+          f"on the split=competition runs' validation part; hidden = {args.bench / 'hidden.csv'}; store {uri}")
     head = f"| {'run':<60} | val R@10 | hidden R@10 | last | random | NDCG@10 | seconds |"
     print(head + "\n|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|")
     for r in rows:
@@ -140,7 +140,8 @@ def main() -> None:
     hb, ht = best["hidden"]["recall"]["all"], top["hidden"]["recall"]["all"]
     print(f"\nbest member: {best['name']} {hb:.4f} (se {best['hidden']['recall_se']['all']:.4f}); "
           f"best ensemble: {top['name']} {ht:.4f} ({ht - hb:+.4f})")
-    print("val R@10 of a searched ensemble is the search's own best on that holdout (optimistic); "
+    print("val R@10: members, their validation part; ensembles, the split=competition test part (the search "
+          "saw only the validation part); "
           "seconds: members = the split=none train() call, ensembles = the validation run, search included")
 
 

@@ -40,9 +40,11 @@ def is_global_zero() -> bool:
     return all(int(os.environ.get(v, "0") or 0) == 0 for v in RANK_VARIABLES)
 
 
-def load_data(cfg: DictConfig, split: DictConfig | None = None) -> PreparedData:
+def load_data(cfg: DictConfig, validation: bool = True) -> PreparedData:
+    """The run's data; `validation=False` skips carving the validation part (a fit on everything,
+    or ranking only)."""
     cache_dir = cfg.paths.cache_dir if cfg.data.get("cache", True) else None
-    return prepare_data(cfg.data, split or cfg.split, cfg.confidence, cache_dir, cfg.get("validation"))
+    return prepare_data(cfg.data, cfg.split, cfg.confidence, cache_dir, cfg.get("validation") if validation else None)
 
 
 def fit_mode(cfg: DictConfig, model: Recommender) -> str:
@@ -151,13 +153,16 @@ def train(cfg: DictConfig) -> float | None:
             "confidence": "+".join(kinds) or "none", "output_dir": str(out_dir.resolve()), **ctx}
     resolved = OmegaConf.to_container(cfg, resolve=True)
     name = cfg.tracking.get("run_name") or run_name(str(cfg.model.name), overrides)
+    # the store opens while the data is read (read-only work; 2-3 s of MLflow import and store
+    # set-up otherwise added to every run); a broken store stops the run right after, before the fit
     with start_run(resolve_tracking_uri(cfg.tracking.uri), str(cfg.tracking.experiment), name, tags,
-                   bool(cfg.tracking.enabled) and rank_zero) as run:
+                   bool(cfg.tracking.enabled) and rank_zero, overlap=True) as run:
         try:
             # locations are tags, not params: a comparison view should not plot them
             run.log_params({k_: v for k_, v in flatten(resolved).items() if not k_.startswith("paths.")})
             run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-            data = load_data(cfg)
+            data = load_data(cfg, validation=mode != "everything")
+            run.opened()
             run.log_params({"data_fingerprint": data.fingerprint})
             run.set_tags({"data_fingerprint": data.fingerprint, "data_cache": data.info["cache"]})
             torch.manual_seed(int(cfg.seed))  # initial weights of gradient models
@@ -257,7 +262,7 @@ def predict(cfg: DictConfig) -> Path:
         train_cfg.split = OmegaConf.create({"name": str(cfg.split_name)})
     train_cfg.paths.cache_dir = cfg.paths.cache_dir
     model = Recommender.from_checkpoint(ckpt)
-    data = load_data(train_cfg)
+    data = load_data(train_cfg, validation=False)
     if not np.array_equal(data.dataset.item_ids, ckpt["item_ids"].numpy()):
         raise ConfigError("data_dir", "the data's items differ from the items the model was trained on")
     if model.per_user_state and not np.array_equal(data.dataset.user_ids, ckpt["user_ids"].numpy()):

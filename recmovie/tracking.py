@@ -166,19 +166,31 @@ class Run:
     one background thread, so it overlaps with the job's own work; `flush` waits for them. Every
     call is a no-op when tracking is disabled."""
 
-    def __init__(self, executor: ThreadPoolExecutor | None = None, client: Any = None, run_id: str | None = None):
+    def __init__(self, executor: ThreadPoolExecutor | None = None, opening: Future | None = None):
         self._executor = executor
-        self._client = client
-        self._run_id = run_id
+        self._opening = opening  # -> (client, run_id); raises TrackingError if the store failed
         self._pending: list[Future] = []
 
     @property
     def enabled(self) -> bool:
-        return self._client is not None
+        return self._opening is not None
+
+    def opened(self) -> None:
+        """Wait until the run exists; raise TrackingError if the store could not be opened."""
+        if self.enabled:
+            self._opening.result()
+
+    @property
+    def _client(self):
+        return self._opening.result()[0]
+
+    @property
+    def _run_id(self) -> str:
+        return self._opening.result()[1]
 
     @property
     def run_id(self) -> str | None:
-        return self._run_id
+        return self._run_id if self.enabled else None
 
     def _submit(self, fn, *args) -> None:
         if self.enabled:
@@ -267,7 +279,7 @@ def _problem(e: Exception) -> str:
     return (lines[0] if lines else type(e).__name__)[:300]
 
 
-def _open_run(uri: str, experiment: str, name: str, tags: dict[str, Any]):
+def _open_run(uri: str, experiment: str, name: str, tags: dict[str, Any], start_ms: int):
     """Create the run (and the store and experiment if new); a TrackingError if it cannot."""
     _check_reachable(uri)
     try:
@@ -275,7 +287,7 @@ def _open_run(uri: str, experiment: str, name: str, tags: dict[str, Any]):
         client = mlflow.MlflowClient(uri)
         with _store_lock(uri):  # parallel jobs of a new sweep create its experiment together
             exp_id = get_experiment_id(client, experiment, uri)
-        run = client.create_run(exp_id, run_name=name,
+        run = client.create_run(exp_id, start_time=start_ms, run_name=name,
                                 tags={k: str(v) for k, v in {**environment_tags(), **tags}.items()})
     except Exception as e:
         raise TrackingError(uri, _problem(e)) from e
@@ -284,24 +296,35 @@ def _open_run(uri: str, experiment: str, name: str, tags: dict[str, Any]):
 
 @contextlib.contextmanager
 def start_run(
-    uri: str, experiment: str, run_name: str, tags: dict[str, Any], enabled: bool = True
+    uri: str, experiment: str, run_name: str, tags: dict[str, Any], enabled: bool = True, overlap: bool = False
 ) -> Iterator[Run]:
     """An MLflow run around a job: FINISHED when the block ends, FAILED (+ traceback.txt) if it raises.
-    The run is open before the block starts (its start time is the job's), so a store that cannot be
-    opened raises TrackingError before any work is done."""
+    Its start time is the call's. By default the run is open before the block starts, so a store
+    that cannot be opened raises TrackingError before any work is done. With `overlap`, opening
+    (importing MLflow, opening the store: 2-3 s) runs on the background thread while the block
+    begins; the block calls `run.opened()` before its first work that writes or costs (the
+    pipeline: after reading the data, before the fit), where a broken store raises TrackingError."""
     if not enabled:
         yield Run()
         return
-    client, run_id = _open_run(uri, experiment, run_name, tags)
+    start_ms = int(time.time() * 1000)
     executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow")
-    run = Run(executor, client, run_id)
-    # queued first, so they overlap with the job's start: git runs subprocesses, the package list is long
-    run._submit(run._log_git_state)
-    run._submit(lambda: client.log_text(run_id, environment_text(), "environment.txt"))
+    run = Run(executor, executor.submit(_open_run, uri, experiment, run_name, tags, start_ms))
     try:
+        if not overlap:
+            run.opened()
+        # queued first, so they overlap with the job's start: git runs subprocesses, the package list is long
+        run._submit(run._log_git_state)
+        run._submit(lambda: run._client.log_text(run._run_id, environment_text(), "environment.txt"))
         yield run
         run.flush()
     except BaseException as e:
+        try:
+            client, run_id = run._opening.result()
+        except Exception as open_error:  # no run to mark: the store itself failed
+            if e is not open_error:
+                log.warning("could not record the failure in MLflow: %s", open_error)
+            raise e from None
         with contextlib.suppress(Exception):
             run.flush()
         with contextlib.suppress(Exception):
@@ -313,7 +336,7 @@ def start_run(
             log.warning("could not mark MLflow run %s as failed: %s", run_id, store_error)
         raise
     else:
-        client.set_terminated(run_id, status="FINISHED")
+        run._client.set_terminated(run._run_id, status="FINISHED")
     finally:
         executor.shutdown(wait=True)
 

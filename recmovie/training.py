@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, EarlyStopping
 from pytorch_lightning.loggers import MLFlowLogger
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 
 from recmovie.data.datamodule import RecDataModule
 from recmovie.data.prepare import PreparedData
@@ -173,9 +174,10 @@ def build_trainer(cfg: DictConfig, model: LitRecommender, validate: bool, logger
     kwargs["max_epochs"] = int(max_epochs or kwargs.get("max_epochs") or model.params.max_epochs)
     if not validate:
         kwargs["limit_val_batches"] = 0
+    callbacks = build_callbacks(cfg.get("callbacks"), model, validate)
     try:
-        return pl.Trainer(**kwargs, logger=logger, callbacks=build_callbacks(cfg.get("callbacks"), model, validate))
-    except (ValueError, TypeError, RuntimeError) as e:  # Lightning's MisconfigurationException is a ValueError
+        return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as e:  # e.g. trainer=gpu without a GPU
         raise ConfigError("trainer", str(e).strip().splitlines()[0]) from None
 
 

@@ -72,3 +72,19 @@ def test_a_crash_marks_the_run_failed_with_its_traceback(small_config, monkeypat
     assert run.info.status == "FAILED"
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="traceback.txt")
     assert "disk on fire" in open(path).read()
+
+
+def test_a_store_that_cannot_be_opened_stops_the_run_before_the_fit(small_config, tmp_path, monkeypatch):
+    from omegaconf import open_dict
+
+    from recmovie.errors import TrackingError
+
+    (tmp_path / "a_file").write_text("not a folder")
+    cfg = small_config(["model=ease"])
+    with open_dict(cfg):
+        cfg.tracking.uri = f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}"
+    fitted = []
+    monkeypatch.setattr("recmovie.pipeline.fit_model", lambda *a, **k: fitted.append(1))
+    with pytest.raises(TrackingError, match="cannot open the MLflow store"):
+        train(cfg)
+    assert not fitted and not (tmp_path / "out" / "submission.csv").exists()

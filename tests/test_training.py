@@ -116,3 +116,10 @@ def test_two_process_ddp_run_gives_one_run_one_submission_and_validates_every_us
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_users")
     assert [h.value for h in history] == [n_val_users] * 2  # both processes' users, every epoch
     assert run.data.metrics["val_recall_at_10"] > 0
+
+
+def test_a_trainer_lightning_refuses_is_one_config_error(small_cfg):
+    cfg = small_cfg(["trainer.accelerator=tpu"])  # no TPU here
+    data = load_data(cfg)
+    with pytest.raises(ConfigError, match="config `trainer`"):
+        build_trainer(cfg, _model(cfg, data), validate=True)
