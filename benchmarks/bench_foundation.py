@@ -7,6 +7,7 @@
            seconds; beside it, run alternately in the same session, a plain numpy/scipy EASE.
 
     python benchmarks/bench_foundation.py [--quality] [--scale] [--repeats 3] [--work DIR]
+                                          [--baseline /tmp/old]   # git worktree add /tmp/old <rev>
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from common import BENCH, REPO, median, run_measured, score, timings
 MODELS = ["popularity", "genre_rule", "ease", "itemknn"]
 
 
-def train_args(work: Path, name: str, data_dir: Path, *overrides: str, cache: Path | None = None) -> list[str]:
-    return [str(REPO / "train.py"), "data=competition", f"data.dir={data_dir}", "split=none", *overrides,
+def train_args(work: Path, name: str, data_dir: Path, *overrides: str, cache: Path | None = None,
+               repo: Path = REPO) -> list[str]:
+    return [str(repo / "train.py"), "data=competition", f"data.dir={data_dir}", "split=none", *overrides,
             f"hydra.run.dir={work / 'runs' / name}", f"paths.cache_dir={cache or work / 'cache'}",
-            f"tracking.uri=sqlite:///{work / 'mlruns' / 'mlflow.db'}"]
+            f"tracking.uri=sqlite:///{work / ('mlruns-' + repo.name) / 'mlflow.db'}"]
 
 
 def quality(work: Path, models: list[str]) -> None:
@@ -43,21 +45,26 @@ def synthetic_folder(work: Path) -> Path:
     return folder
 
 
-def scale(work: Path, repeats: int) -> None:
+def scale(work: Path, repeats: int, baseline: Path | None = None) -> None:
+    """EASE end to end, cold and warm cache, alternated with the plain numpy/scipy EASE (and, with
+    `baseline`, with another checkout of recmovie, e.g. `git worktree add /tmp/old <rev>`)."""
     folder = synthetic_folder(work)
-    rows: dict[str, list[dict]] = {"cold": [], "warm": [], "reference": []}
+    trees = {"recmovie": REPO, **({f"baseline ({baseline})": baseline} if baseline else {})}
+    rows: dict[str, list[dict]] = {f"{t}, {kind} cache": [] for t in trees for kind in ("cold", "warm")}
+    rows["reference"] = []
     for r in range(repeats):
-        cache = work / f"cache-{r}"
-        shutil.rmtree(cache, ignore_errors=True)
-        for kind in ("cold", "warm"):
-            m = run_measured(train_args(work, f"ease-{kind}-{r}", folder, "model=ease", cache=cache), REPO,
-                             work / "logs" / f"ease-{kind}-{r}.log")
-            rows[kind].append({**m, **timings(m["stdout"])})
+        for t, repo in trees.items():
+            cache = work / f"cache-{repo.name}-{r}"
+            shutil.rmtree(cache, ignore_errors=True)
+            for kind in ("cold", "warm"):
+                name = f"ease-{repo.name}-{kind}-{r}"
+                m = run_measured(train_args(work, name, folder, "model=ease", cache=cache, repo=repo), repo,
+                                 work / "logs" / f"{name}.log")
+                rows[f"{t}, {kind} cache"].append({**m, **timings(m["stdout"])})
         m = run_measured([str(REPO / "benchmarks" / "reference_ease.py"), str(folder), str(work / "reference.csv")],
                          REPO, work / "logs" / f"reference-{r}.log")
         rows["reference"].append(m)
-        print(f"repeat {r}: cold {rows['cold'][-1]['wall']:.1f}s, warm {rows['warm'][-1]['wall']:.1f}s, "
-              f"reference {m['wall']:.1f}s", flush=True)
+        print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]['wall']:.1f}s" for k, v in rows.items()), flush=True)
 
     def med(kind: str, key: str) -> float:
         return median([x[key] for x in rows[kind]])
@@ -65,11 +72,17 @@ def scale(work: Path, repeats: int) -> None:
     print(f"\n## EASE end to end at competition size ({folder.name}: 31,360 users, 6,807 items), "
           f"medians of {repeats} alternating runs\n")
     print("| run | wall s | peak RSS MB | data s | fit s | ranking s |\n|---|---|---|---|---|---|")
-    for kind in ("cold", "warm"):
-        print(f"| recmovie, {kind} cache | {med(kind, 'wall'):.1f} | {med(kind, 'rss_mb'):.0f} | "
-              f"{med(kind, 'data_seconds'):.2f} | {med(kind, 'fit_seconds'):.2f} | {med(kind, 'predict_seconds'):.2f} |")
-    print(f"| plain numpy/scipy EASE | {med('reference', 'wall'):.1f} | {med('reference', 'rss_mb'):.0f} | | | |")
-    print(f"\nreference / recmovie (cold) wall-time ratio: {med('reference', 'wall') / med('cold', 'wall'):.2f}")
+    for kind in rows:
+        if kind != "reference":
+            print(f"| {kind} | {med(kind, 'wall'):.1f} | {med(kind, 'rss_mb'):.0f} | {med(kind, 'data_seconds'):.2f} | "
+                  f"{med(kind, 'fit_seconds'):.2f} | {med(kind, 'predict_seconds'):.2f} |")
+    print(f"| plain numpy/scipy EASE | {med('reference', 'wall'):.1f} | {med('reference', 'rss_mb'):.0f} | | | |\n")
+    for t in trees:
+        print(f"reference / {t} (cold) wall-time ratio: {med('reference', 'wall') / med(f'{t}, cold cache', 'wall'):.2f}")
+        if t != "recmovie":
+            for kind in ("cold", "warm"):
+                ratio = med(f"recmovie, {kind} cache", "wall") / med(f"{t}, {kind} cache", "wall")
+                print(f"recmovie / {t} ({kind}) wall-time ratio: {ratio:.2f}")
 
 
 def main() -> None:
@@ -78,13 +91,15 @@ def main() -> None:
     ap.add_argument("--scale", action="store_true")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another recmovie checkout to alternate with (--scale), e.g. a git worktree of main")
     ap.add_argument("--work", type=Path, default=Path("/tmp/recmovie-bench"))
     a = ap.parse_args()
     both = not (a.quality or a.scale)
     if a.quality or both:
         quality(a.work, a.models.split(","))
     if a.scale or both:
-        scale(a.work, a.repeats)
+        scale(a.work, a.repeats, a.baseline)
 
 
 if __name__ == "__main__":
