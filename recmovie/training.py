@@ -177,7 +177,7 @@ def build_trainer(cfg: DictConfig, model: LitRecommender, validate: bool, logger
     callbacks = build_callbacks(cfg.get("callbacks"), model, validate)
     try:
         return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks)
-    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as e:  # e.g. trainer=gpu without a GPU
+    except (MisconfigurationException, ImportError, ValueError, TypeError, RuntimeError) as e:  # trainer=gpu without a GPU, a TPU without torch_xla
         raise ConfigError("trainer", str(e).strip().splitlines()[0]) from None
 
 

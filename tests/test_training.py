@@ -119,7 +119,7 @@ def test_two_process_ddp_run_gives_one_run_one_submission_and_validates_every_us
 
 
 def test_a_trainer_lightning_refuses_is_one_config_error(small_cfg):
-    cfg = small_cfg(["trainer.accelerator=tpu"])  # no TPU here
+    cfg = small_cfg(["trainer.accelerator=mps"])  # Apple's GPUs: never on Linux
     data = load_data(cfg)
     with pytest.raises(ConfigError, match="config `trainer`"):
         build_trainer(cfg, _model(cfg, data), validate=True)
