@@ -56,3 +56,19 @@ class PairBatch(Batch):
     pos: torch.Tensor  # int64 [B]
     neg: torch.Tensor  # int64 [B, n_negatives]
     weight: torch.Tensor  # float32 [B]
+
+
+@dataclass
+class SequenceBatch(Batch):
+    """Users and their training histories as item sequences in time order, newest LAST, padded on
+    the LEFT with `pad_item` (= schema.pad_item) to the batch's width (at most the view's `max_len`);
+    `weights` holds each position's confidence weight (0 on padding)."""
+
+    users: torch.Tensor  # int64 [B]
+    items: torch.Tensor  # int64 [B, L]
+    weights: torch.Tensor | None  # float32 [B, L] or None
+    pad_item: int
+
+    def valid(self) -> torch.Tensor:
+        """[B, L] bool: True where a position holds an item."""
+        return self.items != self.pad_item

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from recmovie.data.batches import SequenceBatch, UserBatch
 from recmovie.data.prepare import PreparedData
 from recmovie.data.samplers import PairSampler, PairStream, ShardedBatches
+from recmovie.errors import ConfigError
 
 
 class UserRows(torch.utils.data.Dataset):
@@ -58,7 +60,73 @@ def pairs(data: PreparedData, batch_size: int, seed: int = 0, num_workers: int =
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
+def left_padded(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor | None, max_len: int,
+                pad_item: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """CSR rows (each in time order, oldest first) -> [B, W] items padded on the LEFT with
+    `pad_item`, newest last, and the same layout of `values` (0 on padding); W = the longest row,
+    capped at `max_len` (each row keeps its newest `max_len` entries), at least 1. The one
+    conversion from histories to sequences: the `sequences` view builds its training batches with
+    it and sequence models turn the ranking engine's UserBatch into their input with it, so
+    training and scoring see the same layout. Works on any device."""
+    if max_len < 1:
+        raise ConfigError("model.max_len", f"must be >= 1, got {max_len}")
+    lengths = indptr[1:] - indptr[:-1]
+    n_rows = len(lengths)
+    width = int(min(max_len, int(lengths.max()) if n_rows else 0)) or 1
+    items = torch.full((n_rows, width), pad_item, dtype=torch.int64, device=indices.device)
+    weights = None if values is None else torch.zeros((n_rows, width), dtype=torch.float32, device=indices.device)
+    if len(indices):
+        rows = torch.repeat_interleave(torch.arange(n_rows, device=indptr.device), lengths)
+        # column of each entry: its distance from the row's end, counted back from the last column
+        col = width - (indptr[1:][rows] - torch.arange(len(indices), device=indptr.device))
+        keep = col >= 0
+        rows, col = rows[keep], col[keep]
+        items[rows, col] = indices[keep]
+        if weights is not None:
+            weights[rows, col] = values[keep].float()
+    return items, weights
+
+
+def sequence_batch(batch: UserBatch, max_len: int, pad_item: int | None = None) -> SequenceBatch:
+    """A UserBatch (CSR rows in time order) as a SequenceBatch of its newest `max_len` items."""
+    pad = batch.n_items if pad_item is None else pad_item
+    items, weights = left_padded(batch.indptr, batch.indices, batch.values, max_len, pad)
+    return SequenceBatch(batch.users, items, weights, pad)
+
+
+class SequenceRows(torch.utils.data.Dataset):
+    """Indexed by an array of positions: those users' newest `max_len` training items, as a
+    SequenceBatch gathered from the training matrix's CSR rows (kept in time order, ties by item id)."""
+
+    def __init__(self, data: PreparedData, users: np.ndarray, max_len: int):
+        self.data, self.users, self.max_len = data, users, max_len
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, positions):
+        return sequence_batch(self.data.user_batch(self.users[np.asarray(positions)]), self.max_len,
+                              self.data.n_items)
+
+
+def sequences(data: PreparedData, batch_size: int, seed: int = 0, num_workers: int = 0, shuffle: bool = True,
+              max_len: int = 50, min_length: int = 2, rank: int = 0, world: int = 1) -> DataLoader:
+    """Batches of users' histories as left-padded item sequences, newest last, at most `max_len`
+    long (the newest kept); users with fewer than `min_length` training items are left out (a
+    next-item model learns nothing from one item). Sequence models (SASRec, GRU4Rec, BERT4Rec)
+    build their targets from the batch: the next item at every position, or masked positions."""
+    if max_len < 1:
+        raise ConfigError("model.max_len", f"must be >= 1, got {max_len}")
+    users = np.flatnonzero(np.diff(data.train_matrix.indptr) >= max(1, min_length))
+    if not len(users):
+        raise ConfigError("model", f"no user has {min_length} or more training interactions: a sequence model "
+                          "has nothing to learn from")
+    sampler = ShardedBatches(len(users), batch_size, shuffle, seed, 1, rank, world)
+    return _loader(SequenceRows(data, users, max_len), sampler, num_workers)
+
+
 VIEWS: dict[str, Callable[..., DataLoader]] = {
     "user_vectors": user_vectors,
     "pairs": pairs,
+    "sequences": sequences,
 }

@@ -8,7 +8,18 @@ Reconstruction losses (autoencoders) take logits [B, n_items] and the batch's we
 Pairwise losses (BPR-MF and friends) take positive scores [B], negative scores [B, n_neg], weights [B]:
   bpr: -log sigmoid(pos - neg), averaged over negatives
   bce: BCE(pos, 1) + mean over negatives of BCE(neg, 0)
-Every loss returns the mean over the batch's users (or pairs).
+Sequence losses (SASRec, GRU4Rec, BERT4Rec) take hidden states h [N, d] at the N target
+positions, the output table E [n_items, d] (tied to the item embeddings) and the targets [N]:
+  ce:   full softmax cross-entropy over every item, -log softmax(h E^T)_target, computed in chunks
+        of positions (each chunk's logits recomputed in the backward pass, so at most one chunk of
+        [rows, n_items] logits is alive: memory stays flat at any catalogue size)
+  gbce: gSASRec's generalised BCE (Petrov & Macdonald 2023) over `negatives` items drawn uniformly
+        (shared by the batch's positions, a negative equal to a position's target left out of its
+        sum): beta * softplus(-s+) + sum_neg softplus(s-), beta = alpha (t (1 - 1/alpha) + 1/alpha),
+        alpha = negatives / (n_items - 1) the sampling rate, t in [0, 1] the calibration
+  bce:  the same with beta = 1 (t = 0): SASRec's original sampled binary cross-entropy
+Every loss returns the mean over the batch's users (or pairs, or target positions, weighted by
+the target's confidence weight where given).
 """
 from __future__ import annotations
 
@@ -17,6 +28,8 @@ import torch.nn.functional as F
 
 RECONSTRUCTION = ("multinomial", "logistic", "gaussian")
 PAIRWISE = ("bpr", "bce")
+SEQUENCE = ("ce", "gbce", "bce")
+CE_CHUNK_ELEMENTS = 1 << 24  # logits kept alive at once by the chunked cross-entropy (64 MB of float32)
 
 
 def _confidence(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,3 +58,47 @@ def pairwise_loss(name: str, pos: torch.Tensor, neg: torch.Tensor, weight: torch
     if weight is not None:
         per = per * weight
     return per.mean()
+
+
+def _ce_rows(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(h @ table.T, targets, reduction="none")
+
+
+def _weighted_mean(per: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if not len(per):
+        return per.sum()  # 0, still attached to the graph
+    return (per * weights).sum() / len(per) if weights is not None else per.mean()
+
+
+def full_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                    chunk_elements: int = CE_CHUNK_ELEMENTS) -> torch.Tensor:
+    """Cross-entropy of softmax(h @ table.T) against `targets`, in chunks of rows."""
+    from torch.utils.checkpoint import checkpoint
+
+    rows = max(1, chunk_elements // max(1, table.shape[0]))
+    if len(h) <= rows:
+        per = _ce_rows(h, table, targets)
+    else:
+        parts = []
+        for s in range(0, len(h), rows):
+            args = (h[s : s + rows], table, targets[s : s + rows])
+            parts.append(checkpoint(_ce_rows, *args, use_reentrant=False) if torch.is_grad_enabled() else _ce_rows(*args))
+        per = torch.cat(parts)
+    return _weighted_mean(per, weights)
+
+
+def gbce_beta(negatives: int, n_items: int, t: float) -> float:
+    """gSASRec's calibrated exponent of the positive's probability (t = 0: plain BCE, beta = 1)."""
+    alpha = negatives / max(1, n_items - 1)
+    return alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+
+
+def sampled_bce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
+                beta: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """beta * softplus(-s+) + sum over the shared `negatives` [k] of softplus(s-), a negative
+    equal to the row's target left out."""
+    pos = (h * table[targets]).sum(-1)
+    neg = h @ table[negatives].T  # [N, k]
+    neg_terms = F.softplus(neg).masked_fill(negatives[None, :] == targets[:, None], 0.0)
+    per = beta * F.softplus(-pos) + neg_terms.sum(-1)
+    return _weighted_mean(per, weights)
