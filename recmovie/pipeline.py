@@ -202,14 +202,14 @@ def train(cfg: DictConfig) -> float | None:
             if model_dir is None:
                 run.log_artifact(model_path, "model")
             run.set_tags({"checkpoint": str(model_path)})
-            report(cfg.model.name, data, fitted.val_metrics, metrics, timings, out_dir, run.run_id, model_path)
+            report(cfg.model.name, data, k, fitted.val_metrics, metrics, timings, out_dir, run.run_id, model_path)
         finally:
             if log_file and Path(log_file).is_file():
                 run.log_artifact(log_file)
     return fitted.val_metrics.get(f"val_recall_at_{k}")
 
 
-def _metric_rows(metrics: dict, prefix: str, label: str, k: str) -> list[str]:
+def _metric_rows(metrics: dict, prefix: str, label: str, k: int) -> list[str]:
     parts = sorted({key.rsplit("_", 1)[-1] for key in metrics if key.startswith(prefix + "recall_at_")
                     and not key[-1].isdigit()})
     rows = []
@@ -219,14 +219,13 @@ def _metric_rows(metrics: dict, prefix: str, label: str, k: str) -> list[str]:
     return rows
 
 
-def report(name: str, data: PreparedData, val_metrics: dict, metrics: dict, timings: dict, out_dir: Path,
+def report(name: str, data: PreparedData, k: int, val_metrics: dict, metrics: dict, timings: dict, out_dir: Path,
            run_id: str | None, checkpoint: Path | None = None) -> None:
     """The console summary: validation figures (what selected the model) and test figures (what
     nothing selected on), each overall and per hidden part."""
     lines = [f"model {name}: {data.n_users} users, {data.n_items} items, data cache {data.info['cache']}"]
-    k = next((key.split("_")[2] for key in [*metrics, *(m[4:] for m in val_metrics)] if key.startswith("recall_at_")), None)
-    if k is not None:
-        lines.append(f"  {'':<11} {'part':<8} {'Recall@' + k:>10} {'NDCG@' + k:>9}")
+    if metrics or val_metrics:
+        lines.append(f"  {'':<11} {'part':<8} {f'Recall@{k}':>10} {f'NDCG@{k}':>9}")
     if val_metrics:
         lines += _metric_rows(val_metrics, "val_", "validation", k)
     if metrics:
@@ -272,5 +271,5 @@ def predict(cfg: DictConfig) -> Path:
     topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size))
     metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)
     write_outputs(out_dir, data, topk, k)
-    report(train_cfg.model.name, data, {}, metrics, {}, out_dir, cfg.run_id)
+    report(train_cfg.model.name, data, k, {}, metrics, {}, out_dir, cfg.run_id)
     return out_dir / "submission.csv"

@@ -21,10 +21,15 @@ def data(small_dir):
     return prepare_data(cfg.data, cfg.split, cfg.confidence, cache_dir=None)
 
 
-@pytest.mark.parametrize("model", [EASE(l2=20.0), ItemKNN(k=20)], ids=["ease", "itemknn"])
-def test_results_do_not_depend_on_chunk_size(data, model):
+def fitted(model, data):
     model.build(Schema.from_data(data))
     model.fit(data)
+    return model
+
+
+@pytest.mark.parametrize("model", [EASE(l2=20.0), ItemKNN(k=20)], ids=["ease", "itemknn"])
+def test_results_do_not_depend_on_chunk_size(data, model):
+    fitted(model, data)
     ref = rank(model, data, k=50, chunk_size=data.n_users)
     for chunk in (1, 7, 64):
         other = rank(model, data, k=50, chunk_size=chunk)
@@ -34,8 +39,7 @@ def test_results_do_not_depend_on_chunk_size(data, model):
 
 def test_seen_items_are_never_ranked(data):
     model = EASE(l2=20.0)
-    model.build(Schema.from_data(data))
-    model.fit(data)
+    fitted(model, data)
     top = rank(model, data, k=30, chunk_size=50)
     m = data.train_matrix
     for r, u in enumerate(top.users):
@@ -88,8 +92,7 @@ class TiedScores(EASE):
 @pytest.mark.parametrize("make", [lambda: EASE(l2=20.0), lambda: TiedScores(l2=20.0)], ids=["ease", "ties"])
 def test_every_item_as_a_candidate_gives_the_full_ranking(data, make):
     model = make()
-    model.build(Schema.from_data(data))
-    model.fit(data)
+    fitted(model, data)
     full = rank(model, data, k=50, chunk_size=97)
     every = np.tile(np.arange(data.n_items), (data.n_users, 1))
     shuffled = np.random.default_rng(0).permuted(every, axis=1)  # candidate order must not matter
@@ -101,8 +104,7 @@ def test_every_item_as_a_candidate_gives_the_full_ranking(data, make):
 
 def test_candidate_ranking_is_the_full_order_restricted_to_the_candidates(data):
     model = TiedScores(l2=20.0)
-    model.build(Schema.from_data(data))
-    model.fit(data)
+    fitted(model, data)
     rng = np.random.default_rng(1)
     users = np.arange(0, data.n_users, 3)
     cands = np.stack([rng.choice(data.n_items, 40, replace=False) for _ in users])
@@ -121,8 +123,7 @@ def test_candidate_ranking_is_the_full_order_restricted_to_the_candidates(data):
 
 def test_candidates_must_be_known_items(data):
     model = EASE(l2=20.0)
-    model.build(Schema.from_data(data))
-    model.fit(data)
+    fitted(model, data)
     with pytest.raises(ValueError, match="dense item ids"):
         rank(model, data, k=5, users=np.array([0]), candidates=np.array([[data.n_items]]))
     with pytest.raises(ValueError, match="candidates must be"):

@@ -57,7 +57,7 @@ def pairs(data: PreparedData, batch_size: int, seed: int = 0, num_workers: int =
           sampling: str = "uniform", rank: int = 0, world: int = 1) -> DataLoader:
     """Batches of (user, positive, negatives) for pairwise losses (BPR-MF)."""
     stream = PairStream(PairSampler(data, n_negatives, sampling), batch_size, seed, rank, world)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
+    return _loader(stream, None, num_workers)
 
 
 def left_padded(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor | None, max_len: int,
@@ -94,19 +94,16 @@ def sequence_batch(batch: UserBatch, max_len: int, pad_item: int | None = None) 
     return SequenceBatch(batch.users, items, weights, pad)
 
 
-class SequenceRows(torch.utils.data.Dataset):
+class SequenceRows(UserRows):
     """Indexed by an array of positions: those users' newest `max_len` training items, as a
     SequenceBatch gathered from the training matrix's CSR rows (kept in time order, ties by item id)."""
 
     def __init__(self, data: PreparedData, users: np.ndarray, max_len: int):
-        self.data, self.users, self.max_len = data, users, max_len
-
-    def __len__(self) -> int:
-        return len(self.users)
+        super().__init__(data, users)
+        self.max_len = max_len
 
     def __getitem__(self, positions):
-        return sequence_batch(self.data.user_batch(self.users[np.asarray(positions)]), self.max_len,
-                              self.data.n_items)
+        return sequence_batch(super().__getitem__(positions), self.max_len, self.data.n_items)
 
 
 def sequences(data: PreparedData, batch_size: int, seed: int = 0, num_workers: int = 0, shuffle: bool = True,
