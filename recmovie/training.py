@@ -4,7 +4,8 @@
   name. `trainer.max_epochs: null` leaves the model's own `max_epochs`.
 - `callbacks.*` (conf/callbacks/): each entry is instantiated by Hydra (`_target_` + arguments);
   those that watch validation (early stopping, best weights) are left out when nothing is held
-  out for validation. Early stopping's `patience: null` takes the model's own.
+  out for validation. Early stopping's `patience: null` takes the model's own; `monitor: null`
+  the model's `select_on` part of validation Recall@k (`val_recall_at_k`, `..._last`, `..._random`).
 - The logger is Lightning's MLFlowLogger attached to the pipeline's MLflow run (curves indexed by
   epoch, so two fits in one run line up); it logs on the global rank zero only.
 """
@@ -25,7 +26,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from recmovie.data.datamodule import RecDataModule
 from recmovie.data.prepare import PreparedData
 from recmovie.errors import ConfigError
-from recmovie.models.lightning import LitRecommender
+from recmovie.models.lightning import LitRecommender, selection_metric
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ def build_callbacks(callbacks_cfg: DictConfig | None, model: LitRecommender, val
             raise ConfigError(f"callbacks.{name}", "needs a `_target_` (the callback's class)")
         if spec.get("patience", "absent") is None:
             spec = OmegaConf.merge(spec, {"patience": int(model.params.patience)})
+        if spec.get("monitor", "absent") is None:
+            spec = OmegaConf.merge(spec, {"monitor": selection_metric(model.params.select_on, model.eval_k)})
         try:
             callback = instantiate(spec)
         except Exception as e:
@@ -202,5 +205,6 @@ def fit_lightning(model: LitRecommender, train: PreparedData, val: PreparedData 
               "best_epoch": int(metrics["best_epoch"]) if "best_epoch" in metrics else 0,
               "best_score": float(metrics["best_score"]) if "best_score" in metrics else None}
     if validate and result["best_epoch"] > 0:
-        log.info("restored the best epoch %d (val_recall_at_%d %.4f)", result["best_epoch"], k, result["best_score"])
+        log.info("restored the best epoch %d (%s %.4f)", result["best_epoch"],
+                 selection_metric(model.params.select_on, k), result["best_score"])
     return result

@@ -16,6 +16,8 @@ from omegaconf import OmegaConf
 
 from recmovie.data.samplers import PairSampler, PairStream, ShardedBatches
 from recmovie.errors import ConfigError
+from recmovie.evaluation.metrics import evaluate
+from recmovie.evaluation.ranking import rank
 from recmovie.models.base import build_model
 from recmovie.pipeline import load_data
 from recmovie.schema import Schema
@@ -65,6 +67,26 @@ def test_early_stopping_says_when_and_why_it_stopped(small_cfg, caplog):
     text = caplog.text
     assert "early stopping after epoch" in text and "did not improve for 2 epochs" in text
     assert text.count("val_recall_at_10") >= found["epochs"]  # one line per epoch
+
+
+@pytest.mark.parametrize("select_on,metric", [("all", "val_recall_at_10"), ("last", "val_recall_at_10_last"),
+                                              ("random", "val_recall_at_10_random")])
+def test_callbacks_watch_the_part_the_model_selects_on(small_cfg, select_on, metric):
+    cfg = small_cfg([f"+model.select_on={select_on}", "trainer.max_epochs=2"])
+    data = load_data(cfg).fit_part()
+    model = _model(cfg, data)
+    model.eval_k = 10
+    trainer = build_trainer(cfg, model, validate=True)
+    watching = {type(c).__name__: c.monitor for c in trainer.callbacks if hasattr(c, "monitor")}
+    assert watching == {"EarlyStopping": metric, "BestWeights": metric, "EpochReport": metric}
+    found = fit_lightning(model, data, data, cfg)
+    top = rank(model, data, k=10)  # the restored weights score the watched part as the best epoch did
+    assert evaluate(top.items, top.users, data.holdout, data.n_users, 10)[metric[4:]] == pytest.approx(found["best_score"])
+
+
+def test_an_unknown_selection_part_is_refused_by_key(small_cfg):
+    with pytest.raises(ConfigError, match="model.select_on"):
+        _model(small_cfg(["+model.select_on=first"]), None)
 
 
 def test_without_callbacks_training_runs_its_epochs(small_cfg):

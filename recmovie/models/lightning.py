@@ -18,6 +18,15 @@ from recmovie.evaluation.ranking import topk_unseen
 from recmovie.models.base import Recommender, check
 
 
+# which part of the validation holdout early stopping and the best epoch watch (the callbacks'
+# `monitor: null`): `all`, or only each user's newest (`last`) or middle (`random`) items
+SELECT_ON = ("all", "last", "random")
+
+
+def selection_metric(select_on: str, k: int) -> str:
+    return f"val_recall_at_{k}" + ("" if select_on == "all" else f"_{select_on}")
+
+
 class LitRecommender(Recommender, pl.LightningModule):
     """Base of gradient-trained models. Subclasses implement `build`, `score` and `training_step`
     (returning the loss), and pass the shared training settings through to this constructor."""
@@ -25,14 +34,15 @@ class LitRecommender(Recommender, pl.LightningModule):
     trained = True
 
     def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 500,
-                 max_epochs: int = 50, patience: int = 10, **params):
+                 max_epochs: int = 50, patience: int = 10, select_on: str = "all", **params):
         super().__init__(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
-                         patience=patience, **params)
+                         patience=patience, select_on=select_on, **params)
         check(lr > 0, "lr", f"must be > 0, got {lr}")
         check(weight_decay >= 0, "weight_decay", f"must be >= 0, got {weight_decay}")
         check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", f"must be an integer >= 1, got {batch_size!r}")
         check(isinstance(max_epochs, int) and max_epochs >= 1, "max_epochs", f"must be an integer >= 1, got {max_epochs!r}")
         check(isinstance(patience, int) and patience >= 1, "patience", f"must be an integer >= 1, got {patience!r}")
+        check(select_on in SELECT_ON, "select_on", f"must be one of {list(SELECT_ON)}, got {select_on!r}")
         self.eval_k = 10
         self.eval_holdout = None  # the validation part, set by recmovie.training before fitting
         self._val_users: list[np.ndarray] = []
