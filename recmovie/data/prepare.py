@@ -191,6 +191,31 @@ def carve_validation(ds: Dataset, train_mask: np.ndarray, validation_cfg) -> tup
     return val_mask, holdout
 
 
+DATASET_KEYS = ("user", "item", "time", "user_ids", "item_ids")
+PREPARED_KEYS = ("train_mask", "weight", "hidden_user", "hidden_item", "hidden_part", "val_mask", "val_user",
+                 "val_item", "val_part")
+
+
+def _cached_dataset(arrays: dict | None, cache_dir, key: str) -> Dataset | None:
+    if arrays is None:
+        return None
+    try:
+        ds = Dataset.from_arrays(arrays)
+        if not len(ds.user) == len(ds.item) == len(ds.time):
+            raise ValueError("arrays of different lengths")
+        return ds
+    except (KeyError, ValueError) as e:  # a side field with missing parts, a wrong entry under the key
+        log.warning("cache entry %s/%s.npz does not hold a dataset (%s); rebuilding it", cache_dir, key, e)
+        return None
+
+
+def _fits(prep: dict, ds: Dataset) -> bool:
+    """Whether a prepared entry's masks are over this dataset's rows."""
+    mask = prep["train_mask"]
+    return (mask.dtype == bool and len(mask) == len(prep["val_mask"]) == len(ds)
+            and len(prep["weight"]) == int(mask.sum()))
+
+
 def prepare_data(data_cfg, split_cfg, confidence_cfg, cache_dir: str | Path | None,
                  validation_cfg=None) -> PreparedData:
     """Read (or load from cache) the dataset, split it, carve the validation part out of the
@@ -208,16 +233,19 @@ def prepare_data(data_cfg, split_cfg, confidence_cfg, cache_dir: str | Path | No
                                        None if validation_cfg is None else _plain(validation_cfg))
     info = {"cache": "off" if cache_dir is None else "miss", "dataset_key": ds_key, "prepared_key": prep_key}
 
-    arrays = load_arrays(cache_dir, ds_key) if cache_dir is not None else None
-    if arrays is None:
+    arrays = load_arrays(cache_dir, ds_key, DATASET_KEYS) if cache_dir is not None else None
+    ds = _cached_dataset(arrays, cache_dir, ds_key)
+    if ds is None:
         ds = _read(data_cfg, reader_cfg)
         if cache_dir is not None:
             save_arrays(cache_dir, ds_key, ds.to_arrays())
     else:
-        ds = Dataset.from_arrays(arrays)
         info["cache"] = "dataset"
 
-    prep = load_arrays(cache_dir, prep_key) if cache_dir is not None else None
+    prep = load_arrays(cache_dir, prep_key, PREPARED_KEYS) if cache_dir is not None else None
+    if prep is not None and not _fits(prep, ds):
+        log.warning("cache entry %s/%s.npz does not fit its dataset; rebuilding it", cache_dir, prep_key)
+        prep = None
     if prep is None:
         train_mask, holdout = make_split(ds, split_cfg)
         val_mask, validation = carve_validation(ds, train_mask, validation_cfg)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 INTERACTIONS_FILE = "train_ratings.csv"
 INTERACTION_COLUMNS = ("user", "item", "time")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _NULLS = {"", "nan", "NaN", "NAN", "NA", "N/A", "null", "NULL", "None", "none"}
 
 
@@ -36,9 +37,21 @@ def _open_bytes(path: Path) -> bytes:
     return data
 
 
+def _check_utf8(path: Path, data: bytes, encoding: str) -> None:
+    """Raise at the first line holding bytes that are not text in `encoding` (a file saved as
+    Latin-1 or UTF-16 read as UTF-8)."""
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(path, f"byte 0x{data[e.start]:02x} is not {encoding} text (save the file as UTF-8)",
+                        line=line) from None
+
+
 def _header(path: Path, data: bytes, sep: str, encoding: str) -> list[str]:
-    first = data.split(b"\n", 1)[0].decode(encoding, errors="replace").lstrip("\ufeff").rstrip("\r")
-    return [c.strip().strip('"') for c in first.split(sep)]
+    first = data.split(b"\n", 1)[0]
+    _check_utf8(path, first, encoding)
+    return [c.strip().strip('"') for c in first.decode(encoding).lstrip("\ufeff").rstrip("\r").split(sep)]
 
 
 def read_table(
@@ -57,6 +70,7 @@ def read_table(
     Returns one numpy array per requested column; raises DataError naming the file and line.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
     path = Path(path)
@@ -90,19 +104,37 @@ def read_table(
                 strings_can_be_null=True,
             ),
         )
-    except (pa.ArrowInvalid, UnicodeDecodeError):
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
         _diagnose(path, data, names, columns, sep, encoding, quoted, first_data_line)
-        raise DataError(path, "could not be parsed (no single bad line found)")  # pragma: no cover
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise DataError(path, f"could not be parsed ({reason})") from None  # pragma: no cover
     if table.num_rows == 0:
         raise DataError(path, "has a header but no data rows")
     if any(table.column(c).null_count for c in columns):
         _diagnose(path, data, names, columns, sep, encoding, quoted, first_data_line)
+    if quoted and any(pc.any(pc.match_substring(table.column(c), "\n")).as_py() for c, t in columns.items()
+                      if t == "str"):
+        _unclosed_quote(path, data, sep, encoding)
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
+
+
+def _unclosed_quote(path: Path, data: bytes, sep: str, encoding: str) -> None:
+    """A value spanning lines is a `"` that opens a quoted field and is never closed on its line
+    (no value of these files holds a line break): raise at that line, instead of taking the lines
+    after it as part of the value."""
+    for n, line in enumerate(data.decode(encoding).splitlines(), start=1):
+        for field in line.split(sep):
+            field = field.strip()
+            if field.startswith('"') and (len(field) < 2 or not field.endswith('"') or field.count('"') % 2):
+                raise DataError(path, f"the '\"' at the start of {field[:40]!r} is never closed, so the lines after "
+                                "it would be read as one value (close or remove it)", line=n)
+    raise DataError(path, "a quoted value runs over several lines")  # pragma: no cover
 
 
 def _diagnose(path, data, names, columns, sep, encoding, quoted, first_line) -> None:
     """Slow pass over a file the fast parser refused: raise at the first bad line."""
-    text = data.decode(encoding, errors="replace").lstrip("\ufeff")
+    _check_utf8(path, data, encoding)
+    text = data.decode(encoding).lstrip("\ufeff")
     reader = csv.reader(
         io.StringIO(text), delimiter=sep, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
     )
@@ -118,8 +150,11 @@ def _diagnose(path, data, names, columns, sep, encoding, quoted, first_line) -> 
             v = row[idx[c]].strip()
             if v in _NULLS:
                 raise DataError(path, f"column {c!r} is empty or NaN ({v!r})", line=n)
-            if t == "int" and not re.fullmatch(r"[+-]?\d+", v):
-                raise DataError(path, f"column {c!r} has {v!r}, expected an integer", line=n)
+            if t == "int":
+                if not _INTEGER.fullmatch(v):  # ASCII digits only: \d would take Arabic or full-width ones
+                    raise DataError(path, f"column {c!r} has {v!r}, expected an integer (digits 0-9)", line=n)
+                if not -(2**63) <= int(v) < 2**63:
+                    raise DataError(path, f"column {c!r} has {v!r}, beyond the 64-bit integer range", line=n)
             if t == "float":
                 try:
                     float(v)
