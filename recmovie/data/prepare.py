@@ -231,7 +231,8 @@ def prepare_data(data_cfg, split_cfg, confidence_cfg, cache_dir: str | Path | No
     ds_key = "dataset-" + cache_key(fingerprint, reader_cfg)
     prep_key = "prepared-" + cache_key(ds_key, _plain(split_cfg), _plain(confidence_cfg),
                                        None if validation_cfg is None else _plain(validation_cfg))
-    info = {"cache": "off" if cache_dir is None else "miss", "dataset_key": ds_key, "prepared_key": prep_key}
+    info = {"cache": "off" if cache_dir is None else "miss", "dataset_key": ds_key, "prepared_key": prep_key,
+            "cache_dir": None if cache_dir is None else str(cache_dir)}  # models' derived arrays (text embeddings)
 
     arrays = load_arrays(cache_dir, ds_key, DATASET_KEYS) if cache_dir is not None else None
     ds = _cached_dataset(arrays, cache_dir, ds_key)

@@ -1,4 +1,4 @@
-"""Sequential models of the user's history in time order: SASRec, GRU4Rec, BERT4Rec.
+"""Sequential models of the user's history in time order: SASRec, GRU4Rec, BERT4Rec, GRU4RecTitles.
 
 All three train on the `sequences` view (recmovie/data/views.py): each user's newest training
 items, oldest first, padded on the LEFT with the schema's padding id (`schema.pad_item`), newest
@@ -285,6 +285,10 @@ class GRU4Rec(SequentialRecommender):
     def item_emb(self) -> nn.Embedding:
         return self.emb
 
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """The input vector of each item id (the padding id's is zero)."""
+        return self.emb(items)
+
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -294,10 +298,59 @@ class GRU4Rec(SequentialRecommender):
         cols = torch.arange(w, device=items.device)[None, :]
         # right-aligned copy for packing: row r's entry j is its item at column j + shift_r
         right = items.gather(1, (cols + shift[:, None]).clamp_max(w - 1))
-        x = self.drop(self.emb(right))
+        x = self.drop(self.item_vectors(right))
         packed = pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=w)
         # back to the left-padded layout (column c holds the state after item c - shift_r)
         left = out.gather(1, (cols - shift[:, None]).clamp_min(0)[..., None].expand(b, w, out.shape[-1]))
         return self.proj(self.drop(left))
+
+
+class GRU4RecTitles(GRU4Rec):
+    """GRU4Rec whose items are their id embedding plus a learned projection of a fixed text
+    embedding of their title (and of `text_fields` beyond it, e.g. genres): the seed team's GRU4Rec
+    with title embeddings, after GRU4RecBE (GRU4Rec fed with pretrained BERT item embeddings).
+    The same vectors form the tied output table, so a rarely seen item is still scored through its
+    title. The text embeddings (recmovie/data/text.py: `tfidf` offline by default, `minilm` with the
+    `text` extra) are computed from the data the model fits on, cached with the prepared data, and
+    kept in the checkpoint (a buffer), so predict.py needs neither the titles nor the encoder."""
+
+    name = "gru4rec_titles"
+
+    def __init__(self, text_fields: tuple[str, ...] | list[str] = ("title",), text_encoder: str = "tfidf",
+                 text_dim: int = 64, **params):
+        super().__init__(**params)
+        from recmovie.data.text import ENCODERS
+
+        fields = list(text_fields) if isinstance(text_fields, (list, tuple)) else [text_fields]
+        self.params.update(text_fields=fields, text_encoder=text_encoder, text_dim=text_dim)
+        check(len(fields) >= 1 and all(isinstance(f, str) for f in fields), "text_fields",
+              f"must be a non-empty list of side-field names (title, genre, ...), got {text_fields!r}")
+        check(text_encoder in ENCODERS, "text_encoder", f"must be one of {list(ENCODERS)}, got {text_encoder!r}")
+        check(isinstance(text_dim, int) and text_dim >= 1, "text_dim", f"must be an integer >= 1, got {text_dim!r}")
+
+    def build(self, schema) -> None:
+        from recmovie.data.text import encoder_dim
+
+        super().build(schema)
+        width = encoder_dim(self.params.text_encoder, self.params.text_dim)
+        self.register_buffer("text", torch.zeros(schema.n_item_tokens, width))  # padding/mask rows stay zero
+        self.text_proj = nn.Linear(width, self.params.dim, bias=False)
+
+    def setup(self, stage: str) -> None:
+        # the embeddings of the data being fitted (deterministic and cached, so every DDP process agrees)
+        from recmovie.data.text import text_embeddings
+
+        data = self.trainer.datamodule.train
+        emb = text_embeddings(data.dataset, self.params.text_fields, self.params.text_encoder, self.params.text_dim,
+                              data.info.get("cache_dir"))
+        with torch.no_grad():
+            self.text.zero_()
+            self.text[: self.n_items] = torch.from_numpy(emb)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self.emb(items) + self.text_proj(self.text[items])
+
+    def item_table(self) -> torch.Tensor:
+        return self.emb.weight[: self.n_items] + self.text_proj(self.text[: self.n_items])
