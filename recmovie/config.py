@@ -28,11 +28,41 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
-def _positive_int(cfg: DictConfig, key: str) -> int:
+_ABSENT = object()
+KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def is_kind(value: object, kind: type) -> bool:
+    """Whether a config value is of `kind` (int, float, bool or str); an int is a number, a bool is
+    neither an int nor a number (YAML's `true` is no count)."""
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def check_value(cfg: DictConfig, key: str, kind: type, minimum: float | None = None, optional: bool = False):
+    """A ConfigError naming `key` unless its value is of `kind` (and >= `minimum`); an absent key
+    passes (a group that does not have it), None passes when `optional`."""
+    if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+        return None
     value = OmegaConf.select(cfg, key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(key, f"must be an integer >= 1, got {value!r}")
+    if value is None and optional:
+        return None
+    bound = f" >= {minimum}" if minimum is not None else ""
+    if not is_kind(value, kind) or (minimum is not None and value < minimum):
+        raise ConfigError(key, f"must be {KIND_NAMES[kind]}{bound}{' or null' if optional else ''}, got {value!r}")
     return value
+
+
+# top-level values read as numbers or flags somewhere in the run (the groups check their own)
+RUN_VALUES = [
+    ("seed", int, None, False), ("split.seed", int, None, False), ("validation.seed", int, None, False),
+    ("loader.num_workers", int, 0, False), ("trainer.max_epochs", int, 1, True), ("data.cache", bool, None, False),
+    ("data.min_rating", float, None, True), ("tracking.enabled", bool, None, False),
+    *((f"data.{k}", int, None, False) for k in ("n_users", "n_items", "n_interactions", "seed")),
+]
 
 
 def check_run_config(cfg: DictConfig) -> None:
@@ -40,9 +70,11 @@ def check_run_config(cfg: DictConfig) -> None:
     from recmovie.data.confidence import check_confidence_config
     from recmovie.data.prepare import check_data_config
 
-    k = _positive_int(cfg, "eval.k")
-    _positive_int(cfg, "eval.chunk_size")
-    n = _positive_int(cfg, "candidates.n")
+    for key, kind, minimum, optional in RUN_VALUES:
+        check_value(cfg, key, kind, minimum, optional)
+    k = check_value(cfg, "eval.k", int, 1)
+    check_value(cfg, "eval.chunk_size", int, 1)
+    n = check_value(cfg, "candidates.n", int, 1)
     if n < k:
         raise ConfigError("candidates.n", f"must be >= eval.k ({k}), got {n}")
     check_data_config(cfg.data)

@@ -96,6 +96,9 @@ def _params(cfg, kind: str) -> dict[str, float]:
     unknown = set(p) - set(_PARAMS[kind])
     if unknown:
         raise ConfigError(f"confidence.{kind}", f"unknown parameter(s) {sorted(unknown)}; known: {list(_PARAMS[kind])}")
+    for k, v in p.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"confidence.{kind}.{k}", f"must be a number, got {v!r}")
     return {k: float(v) for k, v in p.items()}
 
 

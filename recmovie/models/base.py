@@ -131,10 +131,46 @@ def build_model(model_cfg: dict, loss: str | None = None) -> Recommender:
         if "loss" not in inspect.signature(cls.__init__).parameters:
             raise ConfigError("loss", f"model {name} has no loss to choose (got loss={loss}); leave loss=default")
         cfg["loss"] = loss
+    check_argument_types(cls, cfg)
     try:
         return cls(**cfg)
     except TypeError as e:
         raise ConfigError("model", f"{e}".replace("__init__()", cls.__name__)) from None
+
+
+def _kinds(hint: object) -> tuple[set[type], bool] | None:
+    """The plain kinds (int, float, bool, str) a type hint allows and whether it allows None;
+    None for hints beyond them (lists, tuples, literals, ...), which are left to the constructor."""
+    import types
+    import typing
+
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    kinds = {a for a in args if a in (int, float, bool, str)}
+    optional = type(None) in args
+    return (kinds, optional) if kinds and len(kinds) + optional == len(args) else None
+
+
+def check_argument_types(cls: type, arguments: dict[str, Any]) -> None:
+    """Each hyper-parameter against its constructor's annotation (the class's and those of the
+    bases it passes its keyword arguments on to): `model.l2=abc` names `model.l2`, instead of
+    failing later inside a comparison or the fit."""
+    import typing
+
+    from recmovie.config import KIND_NAMES, is_kind
+
+    hints: dict[str, Any] = {}
+    for c in reversed(cls.__mro__):
+        if "__init__" in vars(c):
+            try:
+                hints.update(typing.get_type_hints(c.__init__))
+            except Exception:  # an annotation that cannot be evaluated here: nothing to check by it
+                continue
+    for key, value in arguments.items():
+        allowed = _kinds(hints.get(key))
+        if allowed is None or (value is None and allowed[1]) or any(is_kind(value, k) for k in allowed[0]):
+            continue
+        expected = " or ".join(KIND_NAMES[k] for k in sorted(allowed[0], key=str)) + (" or null" if allowed[1] else "")
+        raise ConfigError(f"model.{key}", f"must be {expected}, got {value!r}")
 
 
 def check(condition: bool, key: str, problem: str) -> None:
