@@ -17,7 +17,7 @@ from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import rank
 from recmovie.models.base import build_model
 from recmovie.models.baselines import Popularity
-from recmovie.models.losses import full_softmax_ce, gbce_beta, sampled_bce
+from recmovie.models.losses import bpr_max, full_softmax_ce, gbce_beta, sampled_bce, sampled_softmax
 from recmovie.models.sequential import BERT4Rec, GRU4Rec, SASRec
 from recmovie.schema import Schema
 from recmovie.training import fit_lightning
@@ -121,6 +121,26 @@ def _built(cls, n_items=30, max_len=6, **params):
     return model.eval()
 
 
+def test_bpr_max_with_one_negative_is_bpr_plus_its_regulariser():
+    torch.manual_seed(0)
+    h, table = torch.randn(5, 4), torch.randn(9, 4)
+    targets, negative = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([7])
+    pos, neg = (h * table[targets]).sum(-1), (h @ table[7])
+    expected = (-torch.nn.functional.logsigmoid(pos - neg) + 0.5 * neg**2).mean()
+    assert torch.allclose(bpr_max(h, table, targets, negative, bpreg=0.5), expected, atol=1e-6)
+    # a negative equal to the target is left out: with only that one, no negative weight remains
+    assert torch.isfinite(bpr_max(h[:1], table, targets[:1], torch.tensor([0, 7])))
+
+
+def test_sampled_softmax_over_every_other_item_is_the_full_softmax():
+    torch.manual_seed(0)
+    h, table = torch.randn(6, 4), torch.randn(9, 4)
+    targets = torch.tensor([0, 3, 8, 8, 1, 5])
+    everything = torch.arange(9)  # every item, the target masked out of its own row: k = n - 1 others
+    full = full_softmax_ce(h, table, targets)
+    assert torch.allclose(sampled_softmax(h, table, targets, everything, n_items=10), full, atol=1e-5)
+
+
 @pytest.mark.parametrize("cls", [SASRec, GRU4Rec])
 def test_next_item_models_are_causal_and_ignore_padding(cls):
     kw = {"heads": 2} if cls is SASRec else {}
@@ -187,7 +207,8 @@ def _recall(model, data) -> dict:
     return evaluate(top.items, top.users, data.holdout, data.n_users, 10)
 
 
-@pytest.mark.parametrize("name, loss", [("sasrec", "ce"), ("sasrec", "gbce"), ("gru4rec", "ce"), ("bert4rec", "ce")])
+@pytest.mark.parametrize("name, loss", [("sasrec", "ce"), ("sasrec", "gbce"), ("gru4rec", "ce"), ("gru4rec", "bpr_max"),
+                                        ("sasrec", "sampled_softmax"), ("bert4rec", "ce")])
 def test_each_model_learns(small_cfg, name, loss):
     """A few epochs on the small synthetic data: far above a random ranking, near popularity.
     (Popularity is strong on this data and a few epochs do not reliably beat it; on the ml-100k

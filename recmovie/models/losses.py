@@ -18,6 +18,12 @@ positions, the output table E [n_items, d] (tied to the item embeddings) and the
         sum): beta * softplus(-s+) + sum_neg softplus(s-), beta = alpha (t (1 - 1/alpha) + 1/alpha),
         alpha = negatives / (n_items - 1) the sampling rate, t in [0, 1] the calibration
   bce:  the same with beta = 1 (t = 0): SASRec's original sampled binary cross-entropy
+  bpr_max: GRU4Rec's BPR-max (Hidasi & Karatzoglou 2018) over the same shared negatives:
+        -log sum_j s_j sigmoid(s+ - s_j) + bpreg * sum_j s_j s_j^2, s_j = softmax of the negatives'
+        scores (the hardest negatives weigh most; the second term keeps their scores near 0)
+  sampled_softmax: cross-entropy of the target against the shared negatives only, each logit
+        corrected by -log(its sampling probability) (uniform sampling: a constant shift of the
+        negatives by log(k / (n_items - 1))): the full softmax's estimate at k + 1 columns
 Every loss returns the mean over the batch's users (or pairs, or target positions, weighted by
 the target's confidence weight where given).
 """
@@ -28,7 +34,8 @@ import torch.nn.functional as F
 
 RECONSTRUCTION = ("multinomial", "logistic", "gaussian")
 PAIRWISE = ("bpr", "bce")
-SEQUENCE = ("ce", "gbce", "bce")
+SEQUENCE = ("ce", "gbce", "bce", "bpr_max", "sampled_softmax")
+SAMPLED = ("gbce", "bce", "bpr_max", "sampled_softmax")  # sequence losses over `negatives` shared items
 CE_CHUNK_ELEMENTS = 1 << 24  # logits kept alive at once by the chunked cross-entropy (64 MB of float32)
 
 
@@ -101,4 +108,32 @@ def sampled_bce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, neg
     neg = h @ table[negatives].T  # [N, k]
     neg_terms = F.softplus(neg).masked_fill(negatives[None, :] == targets[:, None], 0.0)
     per = beta * F.softplus(-pos) + neg_terms.sum(-1)
+    return _weighted_mean(per, weights)
+
+
+def _shared_negatives(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                      negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(positive scores [N], negative scores [N, k], [N, k] True where a negative is the row's target)."""
+    pos = (h * table[targets]).sum(-1)
+    return pos, h @ table[negatives].T, negatives[None, :] == targets[:, None]
+
+
+def bpr_max(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
+            bpreg: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+    pos, neg, same = _shared_negatives(h, table, targets, negatives)
+    s = torch.softmax(neg.masked_fill(same, -torch.inf), -1)
+    ranked = (s * torch.sigmoid(pos[:, None] - neg)).sum(-1)
+    per = -torch.log(ranked + 1e-24) + bpreg * (s * neg**2).sum(-1)
+    return _weighted_mean(per, weights)
+
+
+def sampled_softmax(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
+                    n_items: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    import math
+
+    pos, neg, same = _shared_negatives(h, table, targets, negatives)
+    # uniform sampling of k of the n - 1 other items: each negative stands for (n - 1) / k items
+    neg = neg + math.log(max(1, n_items - 1) / max(1, negatives.numel()))
+    logits = torch.cat([pos[:, None], neg.masked_fill(same, -torch.inf)], 1)
+    per = -torch.log_softmax(logits, -1)[:, 0]
     return _weighted_mean(per, weights)

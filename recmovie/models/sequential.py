@@ -23,7 +23,9 @@ as a full one. Attention never looks at padding (a padding position attends to i
 no row is fully masked); SASRec's is also causal.
 
 Losses (`loss`, see recmovie/models/losses.py): `ce` (full softmax over every item, in chunks),
-`gbce` (gSASRec: `negatives` sampled items, calibration `gbce_t`) and `bce` (sampled, beta = 1).
+`gbce` (gSASRec: `negatives` sampled items, calibration `gbce_t`), `bce` (sampled, beta = 1),
+`bpr_max` (GRU4Rec 2018, regularised by `bpreg`) and `sampled_softmax` (the full softmax
+estimated on `negatives` items, logits corrected for the sampling).
 Confidence weights (the `confidence` group) weight each target position's term.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ from recmovie.data.batches import SequenceBatch, UserBatch
 from recmovie.data.views import left_padded
 from recmovie.models.base import check
 from recmovie.models.lightning import LitRecommender
-from recmovie.models.losses import SEQUENCE, full_softmax_ce, gbce_beta, sampled_bce
+from recmovie.models.losses import SEQUENCE, bpr_max, full_softmax_ce, gbce_beta, sampled_bce, sampled_softmax
 
 SCORE_CHUNK = 256  # users run through the network at once when scoring (results do not depend on it)
 
@@ -111,15 +113,16 @@ class SequentialRecommender(LitRecommender):
     next_item = True  # False: cloze (BERT4Rec)
 
     def __init__(self, max_len: int = 200, dim: int = 64, dropout: float = 0.2, loss: str = "ce",
-                 negatives: int = 256, gbce_t: float = 0.75, **training):
+                 negatives: int = 256, gbce_t: float = 0.75, bpreg: float = 1.0, **training):
         super().__init__(max_len=max_len, dim=dim, dropout=dropout, loss=loss, negatives=negatives, gbce_t=gbce_t,
-                         **training)
+                         bpreg=bpreg, **training)
         check(isinstance(max_len, int) and max_len >= 2, "max_len", f"must be an integer >= 2, got {max_len!r}")
         check(isinstance(dim, int) and dim >= 1, "dim", f"must be an integer >= 1, got {dim!r}")
         check(0.0 <= dropout < 1.0, "dropout", f"must be in [0, 1), got {dropout}")
         check(loss in SEQUENCE, "loss", f"must be one of {list(SEQUENCE)}, got {loss!r}")
         check(isinstance(negatives, int) and negatives >= 1, "negatives", f"must be an integer >= 1, got {negatives!r}")
         check(0.0 <= gbce_t <= 1.0, "gbce_t", f"must be in [0, 1], got {gbce_t}")
+        check(bpreg >= 0.0, "bpreg", f"must be >= 0, got {bpreg}")
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay)
@@ -175,6 +178,10 @@ class SequentialRecommender(LitRecommender):
             return full_softmax_ce(h, table, targets, weights)
         k = min(p.negatives, self.n_items)
         negatives = torch.randint(0, self.n_items, (k,), device=h.device)
+        if p.loss == "bpr_max":
+            return bpr_max(h, table, targets, negatives, p.bpreg, weights)
+        if p.loss == "sampled_softmax":
+            return sampled_softmax(h, table, targets, negatives, self.n_items, weights)
         beta = gbce_beta(k, self.n_items, p.gbce_t) if p.loss == "gbce" else 1.0
         return sampled_bce(h, table, targets, negatives, beta, weights)
 
