@@ -59,6 +59,15 @@ def fit_mode(cfg: DictConfig, model: Recommender) -> str:
     return "refit" if cfg.refit else ("validate" if has_val else "everything")
 
 
+def run_features(cfg: DictConfig) -> dict | None:
+    """The `features` group checked against the data config (a side file it needs and the data
+    lacks stops the run here, before any work), as the model's `features` argument."""
+    from recmovie.data.features import resolve_features
+
+    features = cfg.get("features")
+    return None if features is None else resolve_features(OmegaConf.to_container(features, resolve=True), cfg.data)
+
+
 @dataclass
 class Fitted:
     """What fitting produced: the final model, and the validation ranking it was selected by."""
@@ -136,7 +145,7 @@ def train(cfg: DictConfig) -> float | None:
     without a validation part)."""
     check_run_config(cfg)
     loss = cfg.loss.name if cfg.get("loss") and cfg.loss.name != "default" else None
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), loss=loss)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), loss=loss, features=run_features(cfg))
     if model.trained:
         from recmovie.training import trainer_arguments
 

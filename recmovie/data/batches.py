@@ -72,3 +72,22 @@ class SequenceBatch(Batch):
     def valid(self) -> torch.Tensor:
         """[B, L] bool: True where a position holds an item."""
         return self.items != self.pad_item
+
+
+@dataclass
+class FieldBatch(Batch):
+    """The pairs view's rows with their feature-field codes (recmovie/data/features.py): `items`
+    holds the positive first, then the sampled negatives; `user_fields[f]` [B, W] and
+    `item_fields[f]` [B, 1 + n_negatives, W] are bags of codes, padded with the field's pad code."""
+
+    users: torch.Tensor  # int64 [B]
+    items: torch.Tensor  # int64 [B, 1 + n_negatives]
+    weight: torch.Tensor  # float32 [B], the positive's confidence weight
+    user_fields: dict[str, torch.Tensor]
+    item_fields: dict[str, torch.Tensor]
+
+    def to(self, device):
+        moved = super().to(device)
+        moved.user_fields = {k: v.to(device) for k, v in self.user_fields.items()}
+        moved.item_fields = {k: v.to(device) for k, v in self.item_fields.items()}
+        return moved

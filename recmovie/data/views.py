@@ -60,6 +60,19 @@ def pairs(data: PreparedData, batch_size: int, seed: int = 0, num_workers: int =
     return _loader(stream, None, num_workers)
 
 
+def fields(data: PreparedData, batch_size: int, seed: int = 0, num_workers: int = 0, n_negatives: int = 1,
+           sampling: str = "uniform", features: dict | None = None, schema=None, rank: int = 0,
+           world: int = 1) -> DataLoader:
+    """The pairs view's (user, positive, negatives) rows with their feature-field codes, for the
+    context-aware models (FM, DeepFM, Wide&Deep); `features` = the model's feature set."""
+    from recmovie.data.features import FeatureSet, FieldSampler
+    from recmovie.schema import Schema
+
+    sampler = FieldSampler(PairSampler(data, n_negatives, sampling), data, FeatureSet.from_config(features),
+                           schema or Schema.from_data(data))
+    return _loader(PairStream(sampler, batch_size, seed, rank, world), None, num_workers)
+
+
 def left_padded(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor | None, max_len: int,
                 pad_item: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """CSR rows (each in time order, oldest first) -> [B, W] items padded on the LEFT with
@@ -125,5 +138,6 @@ def sequences(data: PreparedData, batch_size: int, seed: int = 0, num_workers: i
 VIEWS: dict[str, Callable[..., DataLoader]] = {
     "user_vectors": user_vectors,
     "pairs": pairs,
+    "fields": fields,
     "sequences": sequences,
 }

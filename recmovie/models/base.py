@@ -118,9 +118,16 @@ def model_class(target: str) -> type[Recommender]:
     return cls
 
 
-def build_model(model_cfg: dict, loss: str | None = None) -> Recommender:
+def _accepts(cls: type, argument: str) -> bool:
+    """Whether the class or a base it passes its keyword arguments on to takes `argument`."""
+    return any(argument in inspect.signature(c.__init__).parameters for c in cls.__mro__ if "__init__" in vars(c))
+
+
+def build_model(model_cfg: dict, loss: str | None = None, features: dict | None = None) -> Recommender:
     """Instantiate from the `model` config group: `_target_`, `name`, then the class's keyword args.
-    `loss` (from the `loss` group; None = the model's own default) is passed as the `loss` argument."""
+    `loss` (from the `loss` group; None = the model's own default) is passed as the `loss` argument;
+    `features` (the `features` group, resolved) as the `features` argument of the models that read
+    side features; the others accept only a feature set without fields (`ids`)."""
     cfg = dict(model_cfg)
     target = cfg.pop("_target_", None)
     name = cfg.pop("name", None)
@@ -128,9 +135,15 @@ def build_model(model_cfg: dict, loss: str | None = None) -> Recommender:
         raise ConfigError("model._target_", "missing: a model config names its class in `_target_`")
     cls = model_class(target)
     if loss is not None:
-        if "loss" not in inspect.signature(cls.__init__).parameters:
+        if not _accepts(cls, "loss"):
             raise ConfigError("loss", f"model {name} has no loss to choose (got loss={loss}); leave loss=default")
         cfg["loss"] = loss
+    if features is not None:
+        if _accepts(cls, "features"):
+            cfg["features"] = features
+        elif features.get("item") or features.get("user"):
+            raise ConfigError("features", f"model {name} reads no side features (got features={features.get('name')});"
+                              " leave features=ids")
     check_argument_types(cls, cfg)
     try:
         return cls(**cfg)

@@ -1,0 +1,295 @@
+"""Context-aware models on feature sets (recmovie/data/features.py): FM, DeepFM and Wide&Deep.
+
+Every model reads two sides: the user (id + user fields from the history) and the item (id +
+item fields from the side files), each field a bag embedded as the mean of its codes. A model's
+score of a (user, item) pair is a factorised part, <u_vec(user), i_vec(item)>, plus optionally a
+deep part, mlp(h_user(user) + h_item(item)): the MLP's first layer applied to the concatenated
+field embeddings is the sum of one linear map per side, so that each side's share is computed
+once per user and once per item. Ranking the catalogue is then one [B, D] x [D, n_items] product
+for the factorised part, and for the deep part the rest of the MLP over item blocks sized so that
+one block's activations stay within `score_budget_mb` (never a [B x n_items, fields] tensor).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recmovie.data.batches import FieldBatch, UserBatch
+from recmovie.data.features import FeatureSet, field_size, item_field_codes, user_field_codes
+from recmovie.data.samplers import SAMPLINGS
+from recmovie.models.base import check
+from recmovie.models.lightning import LitRecommender
+from recmovie.models.losses import PAIRWISE, pairwise_loss
+
+Codes = dict[str, torch.Tensor]  # field -> [..., W] bags of codes
+
+
+class FieldEmbeddings(nn.Module):
+    """One bag table per field (plus the padding row, kept at zero, left out of the mean)."""
+
+    def __init__(self, sizes: dict[str, int], dim: int, init_std: float):
+        super().__init__()
+        self.pads = dict(sizes)
+        self.tables = nn.ModuleDict({f: nn.EmbeddingBag(n + 1, dim, mode="mean", padding_idx=n)
+                                     for f, n in sizes.items()})
+        for f, table in self.tables.items():
+            if init_std > 0:
+                nn.init.normal_(table.weight, std=init_std)
+            else:  # linear weights start at zero
+                nn.init.zeros_(table.weight)
+            with torch.no_grad():
+                table.weight[sizes[f]] = 0.0
+
+    def forward(self, codes: Codes, fields: tuple[str, ...], squares: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[..., F, dim] mean embedding of each field's bag, and with `squares` the [...] sum over
+        fields of sum_j x_j^2 |v_j|^2 (x_j = 1 / bag size: the FM's self-interactions to remove)."""
+        means, sq = [], []
+        for f in fields:
+            c = codes[f]
+            flat = c.reshape(-1, c.shape[-1])
+            means.append(self.tables[f](flat).reshape(*c.shape[:-1], -1))
+            if squares:
+                n = (flat != self.pads[f]).sum(-1).clamp_min(1).to(torch.float32)
+                norms = self.tables[f].weight.pow(2).sum(-1)  # zero on the padding row
+                sq.append((norms[flat].sum(-1) / n.pow(2)).reshape(c.shape[:-1]))
+        return torch.stack(means, -2), torch.stack(sq, -1).sum(-1) if squares else None
+
+
+def _mlp_rest(widths: list[int], dropout: float) -> nn.Sequential:
+    """The MLP after its first (split) layer: activation, then widths[1:], then one output."""
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:] + [1]):
+        layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(a, b)]
+    return nn.Sequential(*layers)
+
+
+class ContextRecommender(LitRecommender):
+    """The shared part of the family: feature codes, the fields view, training on sampled
+    negatives with a pairwise loss, and the memory-safe full ranking. Subclasses implement
+    `factors(codes, side)` and optionally `hidden(codes, side)` + `self.deep`."""
+
+    view = "fields"
+    per_user_state = True  # the user id is a feature
+    has_deep = False
+
+    def __init__(self, dim: int = 32, loss: str = "bpr", n_negatives: int = 4, sampling: str = "uniform",
+                 reg: float = 0.0, init_std: float = 0.01, features: dict | None = None,
+                 score_budget_mb: int = 256, lr: float = 0.002, batch_size: int = 4096, max_epochs: int = 50,
+                 patience: int = 5, **train):
+        fs = FeatureSet.from_config(features)
+        super().__init__(dim=dim, loss=loss, n_negatives=n_negatives, sampling=sampling, reg=reg,
+                         init_std=init_std, features=fs.to_dict(), score_budget_mb=score_budget_mb, lr=lr,
+                         batch_size=batch_size, max_epochs=max_epochs, patience=patience, **train)
+        check(isinstance(dim, int) and dim >= 1, "dim", f"must be an integer >= 1, got {dim!r}")
+        check(loss in PAIRWISE, "loss", f"must be one of {list(PAIRWISE)}, got {loss!r}")
+        check(isinstance(n_negatives, int) and n_negatives >= 1, "n_negatives",
+              f"must be an integer >= 1, got {n_negatives!r}")
+        check(sampling in SAMPLINGS, "sampling", f"must be one of {list(SAMPLINGS)}, got {sampling!r}")
+        check(reg >= 0, "reg", f"must be >= 0, got {reg}")
+        check(init_std > 0, "init_std", f"must be > 0, got {init_std}")
+        check(isinstance(score_budget_mb, int) and score_budget_mb >= 1, "score_budget_mb",
+              f"must be an integer >= 1, got {score_budget_mb!r}")
+        self.fs = fs
+        self.sides = {"user": ("user", *fs.user), "item": ("item", *fs.item)}
+
+    def configure_optimizers(self):
+        # dense gradients over every table (as BPR-MF): the fused kernel halves the step time
+        return torch.optim.Adam(self.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay,
+                                fused=True)
+
+    def view_options(self) -> dict:
+        return {"n_negatives": self.params.n_negatives, "sampling": self.params.sampling,
+                "features": self.params.features, "schema": self.schema}
+
+    def build(self, schema) -> None:
+        super().build(schema)
+        self.sizes = {"user": schema.n_users, "item": schema.n_items,
+                      **{f: field_size(f, self.fs, schema) for f in (*self.fs.user, *self.fs.item_tables)}}
+        # the items' field codes, filled from the data when fitting (setup) or from a checkpoint
+        for f in self.fs.item_tables:
+            self.register_buffer(f"codes_{f}", torch.zeros(0, 1, dtype=torch.int64))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def field_sizes(self, side: str) -> dict[str, int]:
+        return {f: self.sizes[f] for f in self.sides[side]}
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            data = self.trainer.datamodule.train
+            for f, codes in item_field_codes(data.dataset, self.fs, self.schema).items():
+                setattr(self, f"codes_{f}", torch.from_numpy(codes).to(self.bias.device))
+
+    # -- codes of each side
+    def user_codes(self, batch: UserBatch) -> Codes:
+        genre = getattr(self, "codes_genre", None)
+        fields = user_field_codes(batch.indptr.cpu().numpy(), batch.indices.cpu().numpy(), self.fs,
+                                  None if genre is None else genre.cpu().numpy(), self.sizes.get("top_genres", 1))
+        users = batch.users.to(self.bias.device)
+        return {"user": users[:, None], **{k: torch.from_numpy(v).to(users.device) for k, v in fields.items()}}
+
+    def item_codes(self, items: torch.Tensor) -> Codes:
+        items = items.to(self.bias.device)
+        return {"item": items[..., None], **{f: getattr(self, f"codes_{f}")[items] for f in self.fs.item}}
+
+    # -- to implement: the factorised part (and the deep part's first layer) of one side
+    def factors(self, codes: Codes, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """[..., D] vectors whose dot product across the sides is the factorised score, and the
+        [...] squared norms of the side's pooled embeddings (what `reg` penalises)."""
+        raise NotImplementedError
+
+    def hidden(self, codes: Codes, side: str) -> torch.Tensor:
+        """[..., H] this side's share of the deep part's first layer."""
+        raise NotImplementedError
+
+    # -- scoring
+    def pair_scores(self, user: Codes, item: Codes) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores [B, C] of users [B] x their items [B, C], and the regulariser's squared norms."""
+        u, u_sq, hu = self.side_parts(user, "user")  # [B, D], [B], [B, H]
+        i, i_sq, hi = self.side_parts(item, "item")  # [B, C, D], [B, C], [B, C, H]
+        s = (u[:, None, :] * i).sum(-1)
+        if self.has_deep:
+            s = s + self.deep(hu[:, None, :] + hi).squeeze(-1)
+        return s, u_sq.sum() + i_sq.sum() / i_sq.shape[1]
+
+    def side_parts(self, codes: Codes, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """factors(), and hidden() for the deep models, of a side's rows: computed once per distinct
+        id (a batch of 4096 x 5 pairs holds each item many times), then spread back."""
+        ids = codes[side][..., 0]
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        first = torch.empty(len(uniq), dtype=torch.int64, device=ids.device)
+        first.scatter_(0, inverse.flatten(), torch.arange(ids.numel(), device=ids.device))
+        rows = {f: c.reshape(-1, c.shape[-1])[first] for f, c in codes.items()}
+        vec, sq = self.factors(rows, side)
+        hidden = self.hidden(rows, side)[inverse] if self.has_deep else None
+        return vec[inverse], sq[inverse], hidden
+
+    def training_step(self, batch: FieldBatch, batch_idx: int) -> torch.Tensor:
+        user = {"user": batch.users[:, None], **batch.user_fields}
+        item = {"item": batch.items[..., None], **batch.item_fields}
+        s, sq = self.pair_scores(user, item)
+        loss = pairwise_loss(self.params.loss, s[:, 0], s[:, 1:], batch.weight)
+        self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(batch))
+        if self.params.reg:
+            loss = loss + self.params.reg * sq / len(batch)
+        return loss
+
+    def score(self, batch: UserBatch) -> torch.Tensor:
+        user = self.user_codes(batch)
+        item = self.item_codes(torch.arange(self.n_items, device=self.bias.device))
+        out = self.factors(user, "user")[0] @ self.factors(item, "item")[0].T  # [B, n_items]
+        if self.has_deep:
+            hu, hi = self.hidden(user, "user"), self.hidden(item, "item")  # [B, H], [n_items, H]
+            block = self.item_block(len(hu))
+            for s in range(0, self.n_items, block):
+                out[:, s : s + block] += self.deep(hu[:, None, :] + hi[None, s : s + block]).squeeze(-1)
+        return out
+
+    def item_block(self, n_users: int) -> int:
+        """Items per block of the deep part so that its activations (each layer's input and output,
+        float32) for n_users x block pairs stay within score_budget_mb."""
+        floats_per_pair = 2 * sum(m.in_features + m.out_features for m in self.deep if isinstance(m, nn.Linear))
+        return max(1, (self.params.score_budget_mb << 20) // (4 * floats_per_pair * max(1, n_users)))
+
+    def score_items(self, batch: UserBatch, items: torch.Tensor) -> torch.Tensor:
+        return self.pair_scores(self.user_codes(batch), self.item_codes(items.clamp_min(0)))[0]
+
+
+class FM(ContextRecommender):
+    """Rendle 2010: w0 + sum_j w_j x_j + sum_{j<j'} x_j x_j' <v_j, v_j'> over every feature of the
+    pair (x_j = 1 / bag size for the values of a bag). The pairwise sum splits into
+    <S_user, S_item> + within(user) + within(item), within(side) = (|S_side|^2 - Q_side) / 2 with
+    S = sum_j x_j v_j and Q = sum_j x_j^2 |v_j|^2 over the side's features, so a side's vector is
+    [S, linear + within, 1] (user) or [S, 1, linear + within] (item): D = dim + 2."""
+
+    name = "fm"
+
+    def build(self, schema) -> None:
+        super().build(schema)
+        p = self.params
+        self.emb = nn.ModuleDict({side: FieldEmbeddings(self.field_sizes(side), p.dim, p.init_std)
+                                  for side in self.sides})
+        self.lin = nn.ModuleDict({side: FieldEmbeddings(self.field_sizes(side), 1, 0.0) for side in self.sides})
+
+    def fm_side(self, codes: Codes, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """S [..., dim], linear + within-side interactions [...], pooled embeddings [..., F, dim]."""
+        e, q = self.emb[side](codes, self.sides[side], squares=True)
+        w, _ = self.lin[side](codes, self.sides[side])
+        s = e.sum(-2)
+        return s, w.sum((-1, -2)) + 0.5 * (s.pow(2).sum(-1) - q), e
+
+    def factors(self, codes: Codes, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        s, rest, e = self.fm_side(codes, side)
+        one = torch.ones_like(rest)
+        parts = [s, (rest + self.bias)[..., None], one[..., None]] if side == "user" else [s, one[..., None], rest[..., None]]
+        return torch.cat(parts, -1), e.pow(2).sum((-1, -2))
+
+
+class DeepFM(FM):
+    """Guo et al. 2017: the FM above plus an MLP over the concatenated pooled field embeddings,
+    which it shares with the FM part."""
+
+    name = "deepfm"
+    has_deep = True
+
+    def __init__(self, hidden: list[int] | tuple[int, ...] = (128, 64), dropout: float = 0.0, **params):
+        super().__init__(hidden=list(hidden), dropout=dropout, **params)
+        check(len(hidden) >= 1 and all(isinstance(h, int) and h >= 1 for h in hidden), "hidden",
+              f"must be a non-empty list of integers >= 1, got {hidden!r}")
+        check(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
+
+    def build(self, schema) -> None:
+        super().build(schema)
+        p = self.params
+        h = p.hidden[0]
+        self.first = nn.ModuleDict({side: nn.Linear(len(self.sides[side]) * p.dim, h, bias=side == "user")
+                                    for side in self.sides})
+        self.deep = _mlp_rest(p.hidden, p.dropout)
+
+    def deep_embeddings(self, codes: Codes, side: str) -> torch.Tensor:
+        return self.emb[side](codes, self.sides[side])[0]
+
+    def hidden(self, codes: Codes, side: str) -> torch.Tensor:
+        return self.first[side](self.deep_embeddings(codes, side).flatten(-2))
+
+
+class WideDeep(DeepFM):
+    """Cheng et al. 2016: a wide linear model over every feature plus the cross-product of the
+    user's top genres and the item's genres (with both fields in the feature set), and a deep MLP
+    over the concatenated pooled field embeddings (its own tables); their logits add up. One Adam
+    optimiser trains both (the paper uses FTRL for the wide part and AdaGrad for the deep one)."""
+
+    name = "wide_deep"
+
+    def build(self, schema) -> None:
+        super().build(schema)
+        del self.emb  # the wide part has no factors; the deep part's tables:
+        p = self.params
+        self.deep_emb = nn.ModuleDict({side: FieldEmbeddings(self.field_sizes(side), p.dim, p.init_std)
+                                       for side in self.sides})
+        self.crossed = "top_genres" in self.fs.user and "genre" in self.fs.item
+        if self.crossed:
+            g = self.sizes["genre"]
+            self.cross = nn.Embedding(g + 1, g, padding_idx=g)  # row a: weights of user genre a x item genres
+            nn.init.zeros_(self.cross.weight)
+
+    def deep_embeddings(self, codes: Codes, side: str) -> torch.Tensor:
+        return self.deep_emb[side](codes, self.sides[side])[0]
+
+    def factors(self, codes: Codes, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        w, _ = self.lin[side](codes, self.sides[side])
+        w = w.sum((-1, -2))
+        one = torch.ones_like(w)[..., None]
+        parts = [(w + self.bias)[..., None], one] if side == "user" else [one, w[..., None]]
+        if self.crossed:  # user: mean cross row over its top genres; item: its genres as a mean one-hot
+            g = self.sizes["genre"]
+            if side == "user":
+                c = codes["top_genres"]
+                n = (c != g).sum(-1, keepdim=True).clamp_min(1)
+                parts.append(self.cross(c).sum(-2) / n)
+            else:
+                c = codes["genre"]
+                hot = torch.nn.functional.one_hot(c, g + 1)[..., :g].sum(-2).float()
+                parts.append(hot / (c != g).sum(-1, keepdim=True).clamp_min(1))
+        sq = self.deep_emb[side](codes, self.sides[side])[0].pow(2).sum((-1, -2))
+        return torch.cat(parts, -1), sq
