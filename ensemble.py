@@ -5,10 +5,12 @@
     python ensemble.py query.experiment=competition query.split=competition search.method=grid
 Methods: rank_vote | rrf | score_blend (recmovie/ensemble.py). Members must share data and split.
 """
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from recmovie.cli import run_cli
+from recmovie.cli import quote_overrides, run_cli
 from recmovie.config import CONF_DIR
 
 
@@ -20,4 +22,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_overrides(sys.argv[1:])  # data.dir=/data/데이터 needs no quotes
     main()

@@ -3,10 +3,12 @@
     python predict.py run_id=<mlflow run id>
     python predict.py checkpoint=path/to/model.pt [split_name=none] [data_dir=/path]
 """
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from recmovie.cli import run_cli
+from recmovie.cli import quote_overrides, run_cli
 from recmovie.config import CONF_DIR
 
 
@@ -18,4 +20,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_overrides(sys.argv[1:])  # data.dir=/data/데이터 needs no quotes
     main()

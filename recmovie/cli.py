@@ -3,18 +3,31 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Any, Callable
 
 from omegaconf.errors import OmegaConfBaseException
 
 from recmovie.errors import RecmovieError
 
+INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
+
+
+def _terminate(signum, frame) -> None:
+    # `kill` (SIGTERM) stops the run like Ctrl-C does: temporary files are removed, the MLflow run
+    # is marked KILLED, a gradient training can be resumed from its last epoch
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
 
 def run_cli(fn: Callable[[Any], Any], cfg) -> Any:
     """Call fn(cfg); a RecmovieError or a config error exits with status 2 and a one-line message
-    (set RECMOVIE_TRACEBACK=1 for the full traceback)."""
+    (set RECMOVIE_TRACEBACK=1 for the full traceback); Ctrl-C or SIGTERM exit with status 130
+    and one line."""
     logging.getLogger("recmovie").setLevel(logging.INFO)
+    if threading.current_thread() is threading.main_thread():  # a parallel sweep job runs in a worker thread
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn(cfg)
     except (RecmovieError, OmegaConfBaseException, FileNotFoundError, LookupError) as e:
@@ -22,3 +35,41 @@ def run_cli(fn: Callable[[Any], Any], cfg) -> Any:
             raise
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as e:
+        if os.environ.get("RECMOVIE_TRACEBACK"):
+            raise
+        print(f"interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED) from None
+
+
+def quote_overrides(argv: list[str]) -> list[str]:
+    """Command-line overrides whose value Hydra's grammar cannot read unquoted (a folder with a
+    Korean name, `data.dir=/data/데이터`), quoted, so that the user need not: an override Hydra
+    reads as it is stays as it is (sweeps `a=1,2`, lists, interpolations)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if arg.startswith("-") or not eq or not value:
+            out.append(arg)
+            continue
+        try:
+            parser.parse_override(arg)
+            out.append(arg)
+            continue
+        except HydraException:
+            pass
+        for quote in ("'", '"'):
+            if quote not in value:
+                quoted = f"{key}={quote}{value}{quote}"
+                try:
+                    parser.parse_override(quoted)
+                except HydraException:
+                    continue
+                arg = quoted
+                break
+        out.append(arg)
+    return out

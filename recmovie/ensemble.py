@@ -5,6 +5,8 @@ Methods (w = a member's weight, r = the rank it gave the item, from 1):
                counts as rank top_n + 1 (the seed team's hard voting)
   rrf          reciprocal-rank fusion (Cormack et al. 2009): sum(w / (rrf_k + r)), unlisted items add 0
   score_blend  sum(w * s): s = the member's score min-max normalised over the user's top_n, unlisted 0
+  rerank       a LightGBM LambdaRank model over every member's score and rank plus item, user and
+               pair features (recmovie/rerank.py), learned on the members' validation candidates
 Ties: the first member's rank, then the item id. Members must share the data, the split and the
 validation part, so the ensemble is scored on the same test part as its members. Weights are
 searched on the VALIDATION part: each member's `val_candidates.csv` (ranked by the member as fitted
@@ -31,11 +33,11 @@ from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import TopK
 from recmovie.io import atomic_path
 from recmovie.submission import CANDIDATE_COLUMNS, write_candidates, write_submission
-from recmovie.tracking import download_run_file, flatten, resolve_tracking_uri, setup_mlflow, start_run
+from recmovie.tracking import download_run_file, flatten, get_run, resolve_tracking_uri, setup_mlflow, start_run
 
 log = logging.getLogger(__name__)
 
-METHODS = ("rank_vote", "rrf", "score_blend")
+METHODS = ("rank_vote", "rrf", "score_blend", "rerank")
 SEARCHES = ("grid", "optuna")
 PER_MODEL = ("best", "latest", "all")
 NOT_MEMBERS = ("ensemble", "report")  # run kinds a query skips unless asked for by name
@@ -96,13 +98,7 @@ def find_members(client, cfg: DictConfig) -> list:
     members = []
     ids = [cfg.runs] if isinstance(cfg.runs, str) else list(cfg.runs or [])
     for run_id in ids:
-        try:
-            run = client.get_run(str(run_id))
-        except Exception:
-            raise ConfigError("runs", f"no MLflow run {run_id!r} in {client.tracking_uri}") from None
-        if run.info.status != "FINISHED":
-            raise ConfigError("runs", f"run {run_id} is {run.info.status}, not FINISHED")
-        members.append(run)
+        members.append(get_run(client.tracking_uri, str(run_id), key="runs"))
     q = cfg.query
     if q.experiment:
         found = search_experiment(client, str(q.experiment), str(q.filter or ""), q.split)
@@ -182,6 +178,9 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.query.per_model not in PER_MODEL:
         raise ConfigError("query.per_model", f"must be one of {list(PER_MODEL)}, got {cfg.query.per_model!r}")
     s = cfg.search
+    if cfg.method == "rerank" and (s.method is not None or cfg.weights is not None):
+        raise ConfigError("search.method" if s.method is not None else "weights",
+                          "rerank learns how to combine the members: no weights, no weight search")
     if s.method is not None:
         if s.method not in SEARCHES:
             raise ConfigError("search.method", f"must be null or one of {list(SEARCHES)}, got {s.method!r}")
@@ -352,10 +351,11 @@ def run_ensemble(cfg: DictConfig) -> float | None:
     client = setup_mlflow(uri).MlflowClient()
     members = find_members(client, cfg)
     check_members(members, top_n)
+    learn = cfg.search.method is not None or cfg.method == "rerank"  # from the members' validation candidates
     if cfg.search.method is not None and members[0].data.params.get("split.name") == "none":
         raise ConfigError("search.method", "weights are searched on a validation part, but the members were "
                           "trained with split=none: search on runs with split=competition, then pass their weights")
-    weights = member_weights(cfg.weights, members) if cfg.search.method is None else None
+    weights = member_weights(cfg.weights, members) if not learn else None
     base = members[0]
     with tempfile.TemporaryDirectory(prefix="recmovie-ensemble-") as tmp:
         base_cfg = OmegaConf.load(_artifact(uri, base, "config.yaml", tmp))
@@ -366,21 +366,35 @@ def run_ensemble(cfg: DictConfig) -> float | None:
                             f"the data changed since run {base.info.run_id} was trained (fingerprint differs)")
         lists = [read_candidates(_artifact(uri, r, "candidates.csv", tmp), data, top_n, f"run {r.info.run_id}")
                  for r in members]
-        if weights is None:
+        if learn:
             val_data = data.fit_part()
             if not len(val_data.holdout):
-                raise ConfigError("search.method", "the members hold no validation part (validation=none): "
-                                  "train them with split@validation=competition to search weights")
+                raise ConfigError("method" if cfg.method == "rerank" else "search.method",
+                                  "the members hold no validation part (validation=none): train them with "
+                                  "split@validation=competition to learn from it")
             val_lists = [read_candidates(_validation_candidates(uri, r, tmp), val_data, top_n,
                                          f"run {r.info.run_id} (validation)") for r in members]
     t0 = time.perf_counter()
     pool = build_pool(lists, data.n_items, top_n)
-    search = {}
-    if weights is None:
-        weights, best_recall, trials = search_weights(build_pool(val_lists, data.n_items, top_n), val_data, cfg)
-        search = {f"val_recall_at_{k}": best_recall, "search_trials": trials}
-    topk, n_filled = ranked_lists(pool, fuse(pool, cfg.method, weights, float(cfg.rrf_k)), data,
-                                  int(cfg.candidates.n), k)
+    search, ranker = {}, None
+    if cfg.method == "rerank":
+        from recmovie.rerank import feature_names, fit_ranker, pair_features, validation_recall
+        from recmovie.rerank import labels as pair_labels
+
+        r = cfg.rerank
+        val_pool = build_pool(val_lists, data.n_items, top_n)
+        x_val = pair_features(val_pool, val_data, float(r.recent_share), float(r.window_days))
+        y_val = pair_labels(val_pool, val_data)
+        ranker = fit_ranker(x_val, y_val, val_pool.users, feature_names(len(members)), {**r, "k": k, "seed": cfg.search.seed})
+        weights = np.ones(len(members))
+        search = validation_recall(ranker, val_pool, x_val, val_data, k)
+        fused = ranker.predict(pair_features(pool, data, float(r.recent_share), float(r.window_days)))
+    else:
+        if weights is None:
+            weights, best_recall, trials = search_weights(build_pool(val_lists, data.n_items, top_n), val_data, cfg)
+            search = {f"val_recall_at_{k}": best_recall, "search_trials": trials}
+        fused = fuse(pool, cfg.method, weights, float(cfg.rrf_k))
+    topk, n_filled = ranked_lists(pool, fused, data, int(cfg.candidates.n), k)
     fit_seconds = time.perf_counter() - t0
     metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)
     if n_filled:
@@ -392,6 +406,7 @@ def run_ensemble(cfg: DictConfig) -> float | None:
     logged.update(
         model={"name": "ensemble", "method": cfg.method, "top_n": top_n,
                **({"rrf_k": cfg.rrf_k} if cfg.method == "rrf" else {}),
+               **({"rerank": OmegaConf.to_container(cfg.rerank, resolve=True)} if cfg.method == "rerank" else {}),
                "weights": [round(float(w), 4) for w in weights], "members": ids, "member_models": models},
         **{key: OmegaConf.to_container(base_cfg[key], resolve=True) for key in ("data", "split", "validation", "confidence")
            if key in base_cfg},
@@ -414,6 +429,12 @@ def run_ensemble(cfg: DictConfig) -> float | None:
         run.log_metrics({**metrics, **search, "fit_seconds": fit_seconds, "filled_users": n_filled})
         for name in ("submission.csv", "candidates.csv", "members.csv"):
             run.log_artifact(out_dir / name)
+        if ranker is not None:
+            from recmovie.rerank import save_ranker
+
+            run.log_metrics({"ranker_rounds": ranker.rounds, "val_ranker_ndcg": ranker.val_ndcg})
+            for path in save_ranker(ranker, out_dir / "ranker"):
+                run.log_artifact(path, "ranker")
         print_summary(cfg, table, metrics, search, k, out_dir, run.run_id)
     return metrics.get(f"recall_at_{k}")
 
@@ -457,7 +478,11 @@ def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int,
         lines.append(f"  {'ensemble':<24} {'':>7} " + " ".join(f"{metrics.get(c, np.nan):>7.4f}" for c in cols))
     else:
         lines.append("  members trained with split=none: no metrics")
-    if search:
+    if search and cfg.method == "rerank":
+        lines.append(f"  re-ranked: validation Recall@{k} {search[f'val_recall_at_{k}']:.4f} on the {search['val_users']:.0f} "
+                     f"validation users early stopping held out (first member alone: "
+                     f"{search[f'val_recall_at_{k}_first_member']:.4f})")
+    elif search:
         w = ",".join(f"{x:g}" for x in table["weight"])
         lines.append(f"  searched weights ({cfg.search.method}, {search['search_trials']} tried on the validation "
                      f"part, val Recall@{k} {search[f'val_recall_at_{k}']:.4f}): weights=[{w}]")

@@ -10,13 +10,15 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recmovie.config import check_run_config
 from recmovie.data.prepare import PreparedData, prepare_data
@@ -25,7 +27,7 @@ from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import TopK, rank
 from recmovie.models.base import Recommender, build_model, load_checkpoint, plain, save_checkpoint
 from recmovie.schema import Schema
-from recmovie.submission import write_candidates, write_submission
+from recmovie.submission import check_recommendable, write_candidates, write_submission
 from recmovie.tracking import flatten, resolve_tracking_uri, run_name, start_run
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,12 @@ class Fitted:
     info: dict = field(default_factory=dict)  # epochs, best_epoch, refit_epochs
 
 
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where gradient trainings keep their state after every epoch (what `resume=<run id>` continues
+    from); removed when the run finishes."""
+    return Path(cfg.paths.output_dir) / "checkpoints"
+
+
 def _fit_once(model: Recommender, train: PreparedData, val: PreparedData | None, cfg: DictConfig, run,
               max_epochs: int | None = None, prefix: str = "") -> dict:
     if not model.trained:
@@ -88,7 +96,10 @@ def _fit_once(model: Recommender, train: PreparedData, val: PreparedData | None,
     from recmovie.training import fit_lightning, run_logger
 
     logger = run_logger(run.run_id, resolve_tracking_uri(cfg.tracking.uri), prefix)
-    return fit_lightning(model, train, val, cfg, logger, max_epochs=max_epochs)
+    # one state file per training of the run (the probe and the refit), so a resumed run
+    # continues the one that was interrupted and skips those that had finished
+    return fit_lightning(model, train, val, cfg, logger, max_epochs=max_epochs,
+                         checkpoint=checkpoint_dir(cfg) / f"{prefix or 'fit'}.ckpt", resume=bool(cfg.get("resume")))
 
 
 def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> Fitted:
@@ -140,9 +151,47 @@ def write_outputs(out_dir: Path, data: PreparedData, topk: TopK, k: int) -> dict
     }
 
 
+# overrides a resumed run may take: where things are, not what is trained
+RESUME_OVERRIDES = ("resume=", "tracking.", "hydra.", "hydra/")
+
+
+def resumed_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """The config of the run `cfg.resume` (an interrupted training: KILLED, FAILED, or RUNNING with
+    its process gone), to continue it in the same MLflow run and output folder; and the tags that
+    count the resumptions. Other overrides are refused: they would change what was trained."""
+    from recmovie.tracking import get_run, process_gone, run_file
+
+    run_id = str(cfg.resume)
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    run = get_run(uri, run_id, key="resume", finished=False)
+    status, tags = run.info.status, run.data.tags
+    if status == "FINISHED":
+        raise ConfigError("resume", f"run {run_id} has FINISHED: nothing to resume")
+    if status == "RUNNING" and not process_gone(tags):
+        raise ConfigError("resume", f"run {run_id} is RUNNING (process {tags.get('pid', '?')} on "
+                          f"{tags.get('host', '?')}); stop it first, or wait")
+    extra = [o for o in overrides if not o.lstrip("+").startswith(RESUME_OVERRIDES)]
+    if extra:
+        raise ConfigError("resume", f"continues run {run_id} with its own config; drop the other overrides "
+                          f"({' '.join(extra)})")
+    with run_file(uri, run, "config.yaml", key="resume") as path:
+        saved = OmegaConf.load(path)
+    with open_dict(saved):
+        saved.resume = run_id
+        saved.tracking.uri = cfg.tracking.uri
+    log.info("resuming MLflow run %s (%s, was %s) in %s", run_id, run.info.run_name, status, saved.paths.output_dir)
+    return saved, {"resumed": str(int(tags.get("resumed", "0")) + 1), "resumed_from_status": status}
+
+
 def train(cfg: DictConfig) -> float | None:
     """Run one training job; returns the validation Recall@k (what sweepers select on; None
-    without a validation part)."""
+    without a validation part). With `resume=<run id>`, continue that interrupted run."""
+    ctx = hydra_context()
+    log_file, overrides = ctx.pop("log_file", None), ctx.pop("overrides", [])
+    resume_tags = {}
+    if cfg.get("resume"):
+        cfg, resume_tags = resumed_config(cfg, overrides)
+        overrides = []
     check_run_config(cfg)
     loss = cfg.loss.name if cfg.get("loss") and cfg.loss.name != "default" else None
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), loss=loss, features=run_features(cfg))
@@ -154,23 +203,24 @@ def train(cfg: DictConfig) -> float | None:
     rank_zero = is_global_zero()
     out_dir = Path(cfg.paths.output_dir)
     k = int(cfg.eval.k)
-    ctx = hydra_context()
-    log_file, overrides = ctx.pop("log_file", None), ctx.pop("overrides", [])
     kinds = list(cfg.confidence.get("kinds") or [])
     tags = {"model": cfg.model.name, "data": cfg.data.name, "split": cfg.split.name,
             "validation": cfg.validation.name, "fit_mode": mode, "loss": model.params.get("loss", "none"),
-            "confidence": "+".join(kinds) or "none", "output_dir": str(out_dir.resolve()), **ctx}
+            "confidence": "+".join(kinds) or "none", "output_dir": str(out_dir.resolve()), **ctx, **resume_tags}
     resolved = OmegaConf.to_container(cfg, resolve=True)
     name = cfg.tracking.get("run_name") or run_name(str(cfg.model.name), overrides)
     # the store opens while the data is read (read-only work; 2-3 s of MLflow import and store
     # set-up otherwise added to every run); a broken store stops the run right after, before the fit
     with start_run(resolve_tracking_uri(cfg.tracking.uri), str(cfg.tracking.experiment), name, tags,
-                   bool(cfg.tracking.enabled) and rank_zero, overlap=True) as run:
+                   bool(cfg.tracking.enabled) and rank_zero, overlap=True, resume=cfg.get("resume")) as run:
         try:
-            # locations are tags, not params: a comparison view should not plot them
-            run.log_params({k_: v for k_, v in flatten(resolved).items() if not k_.startswith("paths.")})
+            # locations are tags, not params: a comparison view should not plot them (and a
+            # resumed run may find its store elsewhere: MLflow refuses a param that changes)
+            run.log_params({k_: v for k_, v in flatten(resolved).items()
+                            if not k_.startswith(("paths.", "tracking.uri", "resume"))})
             run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
             data = load_data(cfg, validation=mode != "everything")
+            check_recommendable(data, k)  # before the fit: a submission it could not make
             run.opened()
             run.log_params({"data_fingerprint": data.fingerprint})
             run.set_tags({"data_fingerprint": data.fingerprint, "data_cache": data.info["cache"]})
@@ -212,9 +262,15 @@ def train(cfg: DictConfig) -> float | None:
                 run.log_artifact(model_path, "model")
             run.set_tags({"checkpoint": str(model_path)})
             report(cfg.model.name, data, k, fitted.val_metrics, metrics, timings, out_dir, run.run_id, model_path)
+            shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)  # the run is complete: nothing to resume
+        except KeyboardInterrupt:
+            if run.run_id and model.trained and checkpoint_dir(cfg).is_dir():
+                print(f"the training can go on from its last epoch: python train.py resume={run.run_id}",
+                      file=sys.stderr, flush=True)
+            raise
         finally:
-            if log_file and Path(log_file).is_file():
-                run.log_artifact(log_file)
+            if log_file and Path(log_file).is_file():  # a resumption's own log beside the first one's
+                run.log_artifact(log_file, "resumed" if resume_tags else None)
     return fitted.val_metrics.get(f"val_recall_at_{k}")
 
 
@@ -252,15 +308,22 @@ def report(name: str, data: PreparedData, k: int, val_metrics: dict, metrics: di
 
 def predict(cfg: DictConfig) -> Path:
     """Reload a trained model (MLflow run id or checkpoint path) and write a fresh submission."""
-    from recmovie.tracking import download_run_file
+    from recmovie.config import check_value
+    from recmovie.tracking import get_run, run_file
 
     if bool(cfg.run_id) == bool(cfg.checkpoint):
         raise ConfigError("run_id/checkpoint", "give exactly one: run_id=<mlflow run id> or checkpoint=<model.pt>")
+    k = check_value(cfg, "eval.k", int, 1)
+    check_value(cfg, "eval.chunk_size", int, 1)
+    if check_value(cfg, "candidates.n", int, 1) < k:
+        raise ConfigError("candidates.n", f"must be >= eval.k ({k}), got {cfg.candidates.n}")
     if cfg.run_id:
-        path = download_run_file(resolve_tracking_uri(cfg.tracking.uri), str(cfg.run_id), "model/model.pt")
+        uri = resolve_tracking_uri(cfg.tracking.uri)
+        # read in place from a local store (a copy otherwise, removed once loaded)
+        with run_file(uri, get_run(uri, str(cfg.run_id)), "model/model.pt") as path:
+            ckpt = load_checkpoint(path)
     else:
-        path = Path(cfg.checkpoint)
-    ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(Path(cfg.checkpoint))
     train_cfg = OmegaConf.create(ckpt["config"])
     if cfg.data_dir:
         train_cfg.data.dir = str(cfg.data_dir)
@@ -271,12 +334,12 @@ def predict(cfg: DictConfig) -> Path:
     train_cfg.paths.cache_dir = cfg.paths.cache_dir
     model = Recommender.from_checkpoint(ckpt)
     data = load_data(train_cfg, validation=False)
+    check_recommendable(data, k)
     if not np.array_equal(data.dataset.item_ids, ckpt["item_ids"].numpy()):
         raise ConfigError("data_dir", "the data's items differ from the items the model was trained on")
     if model.per_user_state and not np.array_equal(data.dataset.user_ids, ckpt["user_ids"].numpy()):
         raise ConfigError("data_dir", "this model holds per-user parameters; the data's users differ from its own")
     out_dir = Path(cfg.paths.output_dir)
-    k = int(cfg.eval.k)
     topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size))
     metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)
     write_outputs(out_dir, data, topk, k)

@@ -174,4 +174,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from recmovie.cli import quote_overrides
+
+    sys.argv[1:] = quote_overrides(sys.argv[1:])
     main()

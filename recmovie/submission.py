@@ -7,14 +7,30 @@ import numpy as np
 import scipy.sparse as sp
 
 from recmovie.data.prepare import PreparedData
+from recmovie.errors import RecmovieError
 from recmovie.evaluation.ranking import TopK
 from recmovie.io import atomic_path
 
 CANDIDATE_COLUMNS = ("user", "item", "score", "rank")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(RecmovieError, ValueError):
     """The ranked lists cannot make a valid submission."""
+
+
+def check_recommendable(data: PreparedData, k: int) -> None:
+    """Every user has at least k items left to recommend once their training history is masked:
+    checked when the data is read, before any fit (a tiny catalogue, or a user who has seen
+    nearly everything, could not get a valid submission)."""
+    unseen = data.n_items - np.diff(data.train_matrix.indptr)
+    short = np.flatnonzero(unseen < k)
+    if len(short):
+        u = short[np.argmin(unseen[short])]
+        raise SubmissionError(
+            f"{len(short)} user(s) have fewer than {k} unseen items to recommend, e.g. user "
+            f"{data.dataset.user_ids[u]} has seen {data.n_items - unseen[u]} of the {data.n_items} items; "
+            f"lower eval.k or leave such users out of the data"
+        )
 
 
 def check_submission(topk: TopK, data: PreparedData, k: int = 10) -> None:

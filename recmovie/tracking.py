@@ -38,9 +38,14 @@ def resolve_tracking_uri(configured: str) -> str:
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
-    return None
+    """The database file of a sqlite store (`sqlite:///path`, or SQLite's URI form
+    `sqlite:///file:path?mode=ro&uri=true`), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):]
+    if path.startswith("file:"):
+        path = path[len("file:"):].split("?", 1)[0]
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -271,45 +276,129 @@ def _check_reachable(uri: str) -> None:
         raise TrackingError(uri, f"cannot connect to {parsed.netloc} ({e})") from None
 
 
-def _problem(e: Exception) -> str:
-    """One line on why the store failed (database errors run over several lines, with the SQL)."""
+def _problem(e: BaseException) -> str:
+    """One line on why the store failed: the root cause (the database driver's own error, not
+    SQLAlchemy's or MLflow's wrapping of it), whose first line leaves out the SQL."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
     if isinstance(e, OSError) and e.filename:
         return f"{e.strerror}: {e.filename}"
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return (lines[0] if lines else type(e).__name__)[:300]
 
 
-def _open_run(uri: str, experiment: str, name: str, tags: dict[str, Any], start_ms: int):
-    """Create the run (and the store and experiment if new); a TrackingError if it cannot."""
-    _check_reachable(uri)
+@contextlib.contextmanager
+def _quiet_store() -> Iterator[None]:
+    """MLflow logs a failing database call with its whole traceback before raising; the caller
+    reports it in one line (TrackingError)."""
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    level = store_log.level
+    store_log.setLevel(logging.CRITICAL)
     try:
-        mlflow = setup_mlflow(uri)
-        client = mlflow.MlflowClient(uri)
-        with _store_lock(uri):  # parallel jobs of a new sweep create its experiment together
-            exp_id = get_experiment_id(client, experiment, uri)
-        run = client.create_run(exp_id, start_time=start_ms, run_name=name,
-                                tags={k: str(v) for k, v in {**environment_tags(), **tags}.items()})
+        yield
+    finally:
+        store_log.setLevel(level)
+
+
+# ------------------------------------------------------------------ runs whose process is gone
+def _start_ticks(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, Linux), '' where unknown: with the pid,
+    it tells a run's own process from a later one that reuses its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def process_tags() -> dict[str, str]:
+    """Where the run's process lives: read back by `mark_stale_runs`."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": _start_ticks(pid)}
+
+
+def process_gone(tags: dict[str, str]) -> bool:
+    """Whether the process a run's tags name (on this host) no longer exists."""
+    if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
+        return False  # another machine's, or a run of an older version: cannot tell
+    pid = int(tags["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # exists, another user's
+    return bool(tags.get("pid_start")) and _start_ticks(pid) != tags["pid_start"]
+
+
+def mark_stale_runs(client, own_run_id: str | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process is gone (kill -9, a crash of the
+    machine, a closed terminal): MLflow would show them running forever. Returns their ids."""
+    host = socket.gethostname().replace("'", "")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    if not exps:
+        return []
+    stale = [r for r in client.search_runs(exps, f"attributes.status = 'RUNNING' and tags.host = '{host}'",
+                                           max_results=1000)
+             if r.info.run_id != own_run_id and process_gone(r.data.tags)]
+    for r in stale:
+        client.set_tag(r.info.run_id, "error", f"process {r.data.tags['pid']} on {r.data.tags['host']} ended "
+                       f"without closing the run (found by run {own_run_id})")
+        client.set_terminated(r.info.run_id, status="KILLED")
+        log.warning("MLflow run %s was RUNNING but its process is gone: marked KILLED", r.info.run_id)
+    return [r.info.run_id for r in stale]
+
+
+def _open_run(uri: str, experiment: str, name: str, tags: dict[str, Any], start_ms: int, resume: str | None = None):
+    """Create the run (and the store and experiment if new), or reopen run `resume`; a
+    TrackingError if it cannot."""
+    _check_reachable(uri)
+    tags = {k: str(v) for k, v in {**environment_tags(), **tags, **process_tags()}.items()}
+    try:
+        with _quiet_store():
+            mlflow = setup_mlflow(uri)
+            client = mlflow.MlflowClient(uri)
+            if resume:
+                from mlflow.entities import RunTag
+
+                client.update_run(resume, status="RUNNING")
+                client.log_batch(resume, tags=[RunTag(k, v) for k, v in tags.items()])
+                with contextlib.suppress(Exception):  # the interruption's error is over
+                    client.delete_tag(resume, "error")
+                run_id = resume
+            else:
+                with _store_lock(uri):  # parallel jobs of a new sweep create its experiment together
+                    exp_id = get_experiment_id(client, experiment, uri)
+                run_id = client.create_run(exp_id, start_time=start_ms, run_name=name, tags=tags).info.run_id
     except Exception as e:
         raise TrackingError(uri, _problem(e)) from e
-    return client, run.info.run_id
+    try:  # housekeeping: a failure here must not stop the run
+        mark_stale_runs(client, run_id)
+    except Exception as e:
+        log.warning("could not look for stale MLflow runs: %s", _problem(e))
+    return client, run_id
 
 
 @contextlib.contextmanager
 def start_run(
-    uri: str, experiment: str, run_name: str, tags: dict[str, Any], enabled: bool = True, overlap: bool = False
+    uri: str, experiment: str, run_name: str, tags: dict[str, Any], enabled: bool = True, overlap: bool = False,
+    resume: str | None = None,
 ) -> Iterator[Run]:
     """An MLflow run around a job: FINISHED when the block ends, FAILED (+ traceback.txt) if it raises.
     Its start time is the call's. By default the run is open before the block starts, so a store
     that cannot be opened raises TrackingError before any work is done. With `overlap`, opening
     (importing MLflow, opening the store: 2-3 s) runs on the background thread while the block
     begins; the block calls `run.opened()` before its first work that writes or costs (the
-    pipeline: after reading the data, before the fit), where a broken store raises TrackingError."""
+    pipeline: after reading the data, before the fit), where a broken store raises TrackingError.
+    `resume`: the id of an existing run to continue (it is RUNNING again until the block ends).
+    Ctrl-C (KeyboardInterrupt) marks the run KILLED; every RUNNING run whose process is gone is
+    marked KILLED when the next run opens."""
     if not enabled:
         yield Run()
         return
     start_ms = int(time.time() * 1000)
     executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow")
-    run = Run(executor, executor.submit(_open_run, uri, experiment, run_name, tags, start_ms))
+    run = Run(executor, executor.submit(_open_run, uri, experiment, run_name, tags, start_ms, resume))
     try:
         if not overlap:
             run.opened()
@@ -341,12 +430,52 @@ def start_run(
         executor.shutdown(wait=True)
 
 
-def download_run_file(uri: str, run_id: str, artifact: str, dst: str | Path | None = None) -> Path:
-    """Local path of a run's artifact, copied into `dst` (default: a new temporary folder)."""
+def get_run(uri: str, run_id: str, key: str = "run_id", finished: bool = True):
+    """The MLflow run `run_id`; a ConfigError naming `key` when it does not exist or (with
+    `finished`) did not finish: a FAILED or KILLED run has no complete outputs."""
+    from recmovie.errors import ConfigError
+
+    client = setup_mlflow(uri).MlflowClient(uri)
+    try:
+        with _quiet_store():
+            run = client.get_run(str(run_id))
+    except Exception as e:
+        raise ConfigError(key, f"no MLflow run {run_id!r} in {uri} ({_problem(e)})") from None
+    if finished and run.info.status != "FINISHED":
+        error = run.data.tags.get("error")
+        raise ConfigError(key, f"run {run_id} is {run.info.status}, not FINISHED" + (f" ({error[:200]})" if error else ""))
+    return run
+
+
+@contextlib.contextmanager
+def run_file(uri: str, run: Any, artifact: str, key: str = "run_id") -> Iterator[Path]:
+    """A local path of a run's artifact while the block runs: the file itself when the artifact
+    store is on this machine, else a copy in a temporary folder removed afterwards."""
+    from urllib.parse import unquote
+
+    from recmovie.errors import ConfigError
+
+    parsed = urlparse(run.info.artifact_uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(unquote(parsed.path)) / artifact
+        if not path.is_file():
+            raise ConfigError(key, f"run {run.info.run_id} has no artifact {artifact}")
+        yield path
+        return
+    mlflow = setup_mlflow(uri)
+    with tempfile.TemporaryDirectory(prefix="recmovie-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact, dst_path=tmp)
+        except Exception as e:
+            raise ConfigError(key, f"run {run.info.run_id}: cannot fetch {artifact} ({_problem(e)})") from None
+        yield Path(path)
+
+
+def download_run_file(uri: str, run_id: str, artifact: str, dst: str | Path) -> Path:
+    """Copy a run's artifact into the folder `dst`; its path there."""
     mlflow = setup_mlflow(uri)
     try:
         mlflow.get_run(run_id)
     except Exception as e:
         raise LookupError(f"MLflow run {run_id!r} not found in {uri}: {e}") from None
-    dst = str(dst) if dst is not None else tempfile.mkdtemp(prefix="recmovie-")
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=dst))
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))

@@ -14,12 +14,14 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import signal
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, EarlyStopping
+from pytorch_lightning.callbacks import Callback, Checkpoint, EarlyStopping
 from pytorch_lightning.loggers import MLFlowLogger
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 
@@ -61,6 +63,14 @@ class BestWeights(Callback):
             self.best_score, self.best_epoch = float(value), trainer.current_epoch + 1  # counted from 1
             self.state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.state_dict().items()})
 
+    # carried by the resume checkpoint (ResumeCheckpoint): a resumed training keeps the best epoch
+    # found before the interruption
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "state": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_score, self.best_epoch, self.state = state["best_score"], state["best_epoch"], state["state"]
+
     def on_train_end(self, trainer, pl_module) -> None:
         trainer.callback_metrics["epochs"] = torch.tensor(float(trainer.current_epoch))
         if self.state is not None:
@@ -88,6 +98,12 @@ class EpochReport(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.t0 = time.perf_counter()
 
+    def state_dict(self) -> dict:
+        return {"best": list(self.best)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = tuple(state["best"])
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self.t0
         pl_module.log("epoch_seconds", seconds, on_epoch=True, on_step=False, sync_dist=trainer.world_size > 1)
@@ -113,6 +129,56 @@ class EpochReport(Callback):
                      stopper.stopped_epoch + 1, stopper.monitor, stopper.wait_count, self.best[0], self.best[1])
         else:
             log.info("stopped after epoch %d: max_epochs reached", trainer.current_epoch)
+
+
+class ResumeCheckpoint(Checkpoint):
+    """At the end of every epoch, the whole training state in one file: weights, optimiser, epoch
+    and step counters, the other callbacks' state (early stopping's counter, BestWeights' best
+    epoch), the random generators and whether training is to stop; written to a temporary file
+    and renamed, so an interruption leaves the previous epoch's. `fit_lightning(resume=True)`
+    continues from it (Lightning's `ckpt_path`). A Checkpoint, so Lightning runs it after the
+    other callbacks' epoch-end hooks."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._stop = False
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from recmovie.io import atomic_path
+
+        if trainer.sanity_checking:
+            return
+        self._stop = bool(trainer.should_stop)
+        if not trainer.is_global_zero:  # every DDP process takes part in saving, only rank zero writes
+            trainer.save_checkpoint(self.path, weights_only=False)
+            return
+        with atomic_path(self.path) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)
+
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"stop": self._stop, "rng": rng}
+
+    def load_state_dict(self, state: dict) -> None:
+        # after seed_everything: the random streams go on where the interrupted training was
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self._stop = bool(state["stop"])
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # Lightning sets the epoch of samplers, not of a stream that counts its own (the pairs view):
+        # set here, before the epoch's iterator (and any loader worker) starts, so that a resumed
+        # training draws the batches the uninterrupted one would
+        stream = getattr(trainer.train_dataloader, "dataset", None)
+        if hasattr(stream, "set_epoch"):
+            stream.set_epoch(trainer.current_epoch)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._stop:  # the checkpoint's epoch had decided to stop (early stopping): nothing left to train
+            trainer.should_stop = True
 
 
 class RunLogger(MLFlowLogger):
@@ -172,12 +238,17 @@ def run_logger(run_id: str | None, tracking_uri: str, prefix: str = ""):
 
 
 def build_trainer(cfg: DictConfig, model: LitRecommender, validate: bool, logger=False,
-                  max_epochs: int | None = None) -> pl.Trainer:
+                  max_epochs: int | None = None, checkpoint: str | Path | None = None) -> pl.Trainer:
+    """The Trainer from `trainer.*` and `callbacks.*`; `checkpoint`: the file ResumeCheckpoint
+    keeps the training state in (Lightning's own ModelCheckpoint stays off)."""
     kwargs = trainer_arguments(cfg.trainer)
     kwargs["max_epochs"] = int(max_epochs or kwargs.get("max_epochs") or model.params.max_epochs)
     if not validate:
         kwargs["limit_val_batches"] = 0
     callbacks = build_callbacks(cfg.get("callbacks"), model, validate)
+    if checkpoint is not None:
+        callbacks.append(ResumeCheckpoint(checkpoint))
+        kwargs["enable_checkpointing"] = True  # Lightning refuses a Checkpoint callback otherwise
     try:
         return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks)
     except (MisconfigurationException, ImportError, ValueError, TypeError, RuntimeError) as e:  # trainer=gpu without a GPU, a TPU without torch_xla
@@ -185,9 +256,13 @@ def build_trainer(cfg: DictConfig, model: LitRecommender, validate: bool, logger
 
 
 def fit_lightning(model: LitRecommender, train: PreparedData, val: PreparedData | None, cfg: DictConfig,
-                  logger=False, max_epochs: int | None = None) -> dict:
+                  logger=False, max_epochs: int | None = None, checkpoint: str | Path | None = None,
+                  resume: bool = False) -> dict:
     """Train on `train`; with `val` (data whose holdout is the validation part), early-stop on its
     Recall@k and restore the best epoch. `logger`: a Lightning logger (`run_logger`) or False.
+    `checkpoint`: where the training state is saved after every epoch (ResumeCheckpoint); with
+    `resume`, training continues from that file when it exists. Ctrl-C or SIGTERM raise
+    KeyboardInterrupt (Lightning would exit with status 1).
     Returns {"best_epoch" (from 1; 0 = none kept), "best_score", "epochs" (trained)}."""
     k = int(cfg.eval.k)
     validate = val is not None and len(val.holdout) > 0
@@ -197,8 +272,19 @@ def fit_lightning(model: LitRecommender, train: PreparedData, val: PreparedData 
     dm = RecDataModule(train, model.view, int(model.params.batch_size), val if validate else None,
                        int(cfg.eval.chunk_size), seed=int(cfg.seed), num_workers=int(cfg.loader.num_workers),
                        view_options=getattr(model, "view_options", lambda: {})())
-    trainer = build_trainer(cfg, model, validate, logger, max_epochs)
-    trainer.fit(model, datamodule=dm)
+    trainer = build_trainer(cfg, model, validate, logger, max_epochs, checkpoint)
+    ckpt_path = None
+    if resume and checkpoint is not None and Path(checkpoint).is_file():
+        ckpt_path = str(checkpoint)
+        log.info("resuming from %s", checkpoint)
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning turned the interrupt into exit status 1 and ignores Ctrl-C from then on
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt("training interrupted") from None
     model.cpu()
     metrics = trainer.callback_metrics
     result = {"epochs": int(metrics["epochs"]) if "epochs" in metrics else trainer.current_epoch,

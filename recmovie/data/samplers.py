@@ -133,6 +133,10 @@ class PairStream(IterableDataset):
     def __len__(self) -> int:
         return self.steps
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass draws for (a resumed training starts past 0)."""
+        self.epoch = epoch
+
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
