@@ -80,6 +80,7 @@ def _unprivileged_user() -> str | None:
 def postgres() -> Iterator[str]:
     """A throwaway PostgreSQL cluster in a temp folder, on 127.0.0.1 and a free port only, with a
     password; yields the SQLAlchemy URI of its `mlflow` database; stopped and deleted afterwards."""
+    pytest.importorskip("psycopg", reason=CLUSTER_EXTRA)  # the driver of postgresql:// in SQLAlchemy 2.1
     bin_dir = _postgres_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL cannot be started: initdb not found (Debian: apt-get install postgresql)")
