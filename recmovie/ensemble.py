@@ -181,6 +181,8 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.method == "rerank" and (s.method is not None or cfg.weights is not None):
         raise ConfigError("search.method" if s.method is not None else "weights",
                           "rerank learns how to combine the members: no weights, no weight search")
+    if cfg.method == "rerank":
+        check_rerank_config(cfg.rerank)
     if s.method is not None:
         if s.method not in SEARCHES:
             raise ConfigError("search.method", f"must be null or one of {list(SEARCHES)}, got {s.method!r}")
@@ -191,6 +193,19 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError("search.grid", f"must be a list of numbers >= 0, one of them > 0, got {s.grid}")
         if s.method == "optuna" and (not isinstance(s.trials, int) or s.trials < 1):
             raise ConfigError("search.trials", f"must be an integer >= 1, got {s.trials!r}")
+
+
+def check_rerank_config(r: DictConfig) -> None:
+    for key, ok, want in (("recent_share", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                          ("window_days", lambda v: v > 0, "a number > 0"),
+                          ("valid_share", lambda v: 0 < v < 1, "a number in (0, 1)"),
+                          ("rounds", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+                          ("patience", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+                          ("threads", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+                          ("seed", lambda v: isinstance(v, int), "an integer")):
+        value = r.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
+            raise ConfigError(f"rerank.{key}", f"must be {want}, got {value!r}")
 
 
 # ------------------------------------------------------------------ fusing
@@ -385,7 +400,8 @@ def run_ensemble(cfg: DictConfig) -> float | None:
         val_pool = build_pool(val_lists, data.n_items, top_n)
         x_val = pair_features(val_pool, val_data, float(r.recent_share), float(r.window_days))
         y_val = pair_labels(val_pool, val_data)
-        ranker = fit_ranker(x_val, y_val, val_pool.users, feature_names(len(members)), {**r, "k": k, "seed": cfg.search.seed})
+        ranker = fit_ranker(x_val, y_val, val_pool.users, feature_names(len(members)),
+                            {**OmegaConf.to_container(r, resolve=True), "k": k})
         weights = np.ones(len(members))
         search = validation_recall(ranker, val_pool, x_val, val_data, k)
         fused = ranker.predict(pair_features(pool, data, float(r.recent_share), float(r.window_days)))

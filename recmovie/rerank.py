@@ -1,0 +1,206 @@
+"""Two-stage recommendation: the union of tracked runs' top-N candidates, re-ranked by a learned
+ranker (LightGBM LambdaRank), as `ensemble.py method=rerank`.
+
+Leakage: the ranker learns from the members' VALIDATION candidates (`val_candidates.csv`: each
+member as fitted without the validation part, its history the fit part), labelled by the
+validation part; it then ranks the members' final candidates (`candidates.csv`: the members as
+fitted for the test ranking or the submission, the whole training part as history). Every feature
+is computed from the history the candidates were ranked with, so neither the validation labels nor
+the test part ever enter a feature. LightGBM's early stopping holds out a share of the validation
+users (`rerank.valid_share`); the test part is only scored.
+
+Features of a (user, candidate) pair, `FEATURES`:
+  m<i>_score, m<i>_rank  each member's min-max normalised score and rank (top_n + 1: not listed)
+  n_listed               how many members listed the candidate
+  item_pop, item_recent  log(1 + the candidate's interactions), overall and in the newest
+                         `rerank.recent_share` of the history (by time)
+  item_at_user_time      log(1 + the candidate's interactions in the `rerank.window_days` before the
+                         user's last interaction): what was being watched when the user was last seen
+  year_gap               the user's last interaction year minus the candidate's release year
+                         (NaN without years.tsv)
+  user_len               log(1 + the user's history length)
+  user_idle_days         days from the user's last interaction to the newest one in the data
+  genre_share            mean, over the candidate's genres, of the share of the user's history
+                         in that genre (NaN without genres.tsv)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recmovie.data.prepare import PreparedData
+from recmovie.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DAY = 86400
+CONTEXT_FEATURES = ("n_listed", "item_pop", "item_recent", "item_at_user_time", "year_gap", "user_len",
+                    "user_idle_days", "genre_share")
+
+
+def feature_names(n_members: int) -> list[str]:
+    return [f"m{i}_{kind}" for i in range(n_members) for kind in ("score", "rank")] + list(CONTEXT_FEATURES)
+
+
+def _user_last_time(data: PreparedData) -> np.ndarray:
+    last = np.full(data.n_users, np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(last, data.train_user, data.train_time)
+    return np.where(last == np.iinfo(np.int64).min, data.train_time.max(initial=0), last)
+
+
+def pair_features(pool, data: PreparedData, recent_share: float = 0.1, window_days: float = 30.0) -> np.ndarray:
+    """[rows, features] float32 for every pool row (see the module docstring); `data` is the
+    history the pool's candidates were ranked with."""
+    users, items = pool.users.astype(np.int64), pool.items.astype(np.int64)
+    n_items = data.n_items
+    cols = []
+    for m in range(pool.ranks.shape[1]):
+        cols += [pool.scores[:, m], pool.ranks[:, m]]
+    cols.append((pool.ranks <= pool.top_n).sum(1))
+    t_item, t_time = data.train_item.astype(np.int64), data.train_time.astype(np.int64)
+    cols.append(np.log1p(np.bincount(t_item, minlength=n_items))[items])
+    cut = np.quantile(t_time, 1 - recent_share) if len(t_time) else 0
+    cols.append(np.log1p(np.bincount(t_item[t_time >= cut], minlength=n_items))[items])
+    # interactions of the item in (last - window, last] of each pair's user: two binary searches in
+    # the training rows sorted by (item, time), keyed item * 2^40 + seconds since the first row
+    t0 = t_time.min(initial=0)
+    key = np.sort(t_item * (1 << 40) + (t_time - t0))
+    last = _user_last_time(data)
+    base = items * (1 << 40) - t0
+    hi = base + last[users]
+    count = np.searchsorted(key, hi, "right") - np.searchsorted(key, hi - int(window_days * DAY), "right")
+    cols.append(np.log1p(count))
+    years = data.dataset.item_years()
+    last_year = (1970 + last / (365.2425 * DAY))[users]
+    cols.append(np.floor(last_year) - years[items])
+    length = np.bincount(data.train_user, minlength=data.n_users)
+    cols.append(np.log1p(length)[users])
+    cols.append(((t_time.max(initial=0) - last) / DAY)[users])
+    genre = data.side_matrix("genre")
+    if genre is not None and genre.shape[1]:
+        g = genre.tocsr().astype(np.float32)
+        user_genre = np.asarray((data.train_matrix.astype(bool).astype(np.float32) @ g).todense())  # [users, genres]
+        share = user_genre / np.maximum(length, 1)[:, None]
+        item_genre = np.asarray(g.todense()) > 0  # [items, genres]
+        n_genres = item_genre.sum(1)
+        total = np.zeros(len(items), np.float32)
+        for j in range(g.shape[1]):  # one genre at a time: never a [pairs, genres] array
+            total += np.where(item_genre[items, j], share[users, j], 0.0)
+        cols.append(np.where(n_genres[items] > 0, total / np.maximum(n_genres[items], 1), np.nan))
+    else:
+        cols.append(np.full(len(items), np.nan))
+    return np.column_stack(cols).astype(np.float32)
+
+
+def labels(pool, data: PreparedData) -> np.ndarray:
+    """1 where the pool's pair is in `data`'s holdout, else 0."""
+    hidden = data.holdout
+    keep = hidden.item >= 0
+    key = hidden.user[keep].astype(np.int64) * data.n_items + hidden.item[keep].astype(np.int64)
+    return np.isin(pool.users.astype(np.int64) * data.n_items + pool.items, key).astype(np.int32)
+
+
+@dataclass
+class Ranker:
+    booster: object  # lightgbm.Booster
+    names: list[str]
+    val_ndcg: float
+    rounds: int
+    held_users: np.ndarray  # the validation users early stopping held out (dense ids)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.booster.predict(x, num_iteration=self.rounds)
+
+    def importances(self) -> dict[str, float]:
+        gain = self.booster.feature_importance("gain", iteration=self.rounds)
+        return dict(zip(self.names, (float(v) for v in gain)))
+
+
+def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str], cfg) -> Ranker:
+    """LambdaRank on the validation users' candidates; a random `valid_share` of the users is held
+    out for early stopping (NDCG@k) and for the validation figure. Users with no hidden item among
+    their candidates teach a ranker nothing and are left out of both LightGBM sets."""
+    try:
+        import lightgbm as lgb
+    except ImportError:
+        raise ConfigError("method", "rerank needs lightgbm: pip install lightgbm") from None
+    ids = np.unique(users)
+    rng = np.random.default_rng(int(cfg["seed"]))
+    held = np.zeros(int(users.max(initial=0)) + 1, bool)
+    held[rng.choice(ids, max(1, int(round(len(ids) * float(cfg["valid_share"])))), replace=False)] = True
+    positives = np.bincount(users, weights=y, minlength=len(held))
+    useful = positives[users] > 0
+    for name, mask in (("training", useful & ~held[users]), ("held-out", useful & held[users])):
+        if len(np.unique(users[mask])) < 5:
+            raise ConfigError("method", f"rerank: only {len(np.unique(users[mask]))} {name} validation users have a "
+                              "hidden item among the candidates; raise top_n, add members or validation users")
+
+    def dataset(mask, reference=None):
+        # rows are grouped by user already (the pool is sorted by user, then item)
+        _, counts = np.unique(users[mask], return_counts=True)
+        return lgb.Dataset(x[mask], y[mask], group=counts, feature_name=names, reference=reference,
+                           free_raw_data=False)
+
+    train = dataset(useful & ~held[users])
+    valid = dataset(useful & held[users], train)
+    k = int(cfg["k"])
+    params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [k], "verbosity": -1, "seed": int(cfg["seed"]),
+              "deterministic": True, "force_col_wise": True, "num_threads": int(cfg["threads"]), **dict(cfg["params"])}
+    evals: dict = {}
+    booster = lgb.train(params, train, num_boost_round=int(cfg["rounds"]), valid_sets=[valid], valid_names=["valid"],
+                        callbacks=[lgb.early_stopping(int(cfg["patience"]), verbose=False), lgb.record_evaluation(evals)])
+    rounds = booster.best_iteration or booster.current_iteration()
+    curve = evals["valid"][f"ndcg@{k}"]
+    log.info("ranker: %d rounds (best of %d), held-out NDCG@%d %.4f, %d validation users, %d of them held out",
+             rounds, len(curve), k, curve[rounds - 1], len(ids), int(held[ids].sum()))
+    return Ranker(booster, names, float(curve[rounds - 1]), int(rounds), np.flatnonzero(held))
+
+
+def validation_recall(ranker: Ranker, pool, x: np.ndarray, data: PreparedData, k: int) -> dict[str, float]:
+    """Recall@k on the held-out validation users (every one of them, hit or not): re-ranked, and
+    the first member's own order of the same candidates."""
+    from recmovie.data.split import Holdout
+    from recmovie.ensemble import Pool, ranked_lists
+    from recmovie.evaluation.metrics import evaluate
+
+    users = ranker.held_users
+    rows = np.isin(pool.users, users)
+    sub = Pool(pool.users[rows], pool.items[rows], pool.ranks[rows], pool.scores[rows], pool.top_n)
+    h = data.holdout
+    keep = np.isin(h.user, users)
+    holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])
+
+    def recall(values: np.ndarray) -> float:
+        topk, _ = ranked_lists(sub, values, data, k, k)
+        return evaluate(topk.items[users], users, holdout, data.n_users, k)[f"recall_at_{k}"]
+
+    return {f"val_recall_at_{k}": recall(ranker.predict(x[rows])),
+            f"val_recall_at_{k}_first_member": recall(-sub.ranks[:, 0]), "val_users": float(len(users))}
+
+
+def save_ranker(ranker: Ranker, folder: Path) -> list[Path]:
+    """The model (LightGBM's text format), its feature importances (csv) and their plot (png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / "ranker.txt"
+    ranker.booster.save_model(str(model), num_iteration=ranker.rounds)
+    imp = pd.Series(ranker.importances()).sort_values()
+    table = folder / "feature_importances.csv"
+    imp.rename("gain").rename_axis("feature").reset_index().iloc[::-1].to_csv(table, index=False)
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(imp) + 1))
+    ax.barh(imp.index, imp.to_numpy())
+    ax.set_xlabel("total gain")
+    ax.set_title("re-ranker feature importances")
+    fig.tight_layout()
+    plot = folder / "feature_importances.png"
+    fig.savefig(plot, dpi=100)
+    plt.close(fig)
+    return [model, table, plot]

@@ -1,0 +1,60 @@
+"""The re-ranker's features and labels on hand-made data (its end-to-end run is in test_ensemble.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recmovie.data.dataset import build_dataset
+from recmovie.data.prepare import PreparedData
+from recmovie.data.split import Holdout
+from recmovie.ensemble import build_pool
+from recmovie.rerank import CONTEXT_FEATURES, feature_names, labels, pair_features
+
+DAY = 86400
+T0 = 1_000_000_000  # 2001-09-09
+
+
+def data_with_history() -> PreparedData:
+    # raw users 1, 2, 3; raw items 10, 20, 30, 40 (dense 0..3)
+    rows = [(1, 10, T0), (1, 20, T0 + 10 * DAY), (2, 10, T0 + 100 * DAY), (2, 30, T0 + 200 * DAY), (3, 40, T0 + DAY)]
+    u, i, t = (np.array(c) for c in zip(*rows))
+    side = {"year": (np.array([10, 20, 30, 40]), np.array(["1990", "2000", "2001", "2005"]), "years.tsv"),
+            "genre": (np.array([10, 20, 20, 30]), np.array(["Drama", "Drama", "Comedy", "Comedy"]), "genres.tsv")}
+    ds = build_dataset(u, i, t, side=side)
+    hidden = Holdout(np.array([0, 1], np.int32), np.array([3, 3], np.int32), np.zeros(2, np.int8))
+    return PreparedData(ds, np.ones(len(u), bool), np.ones(len(u), np.float32), hidden, "fp")
+
+
+def test_features_and_labels_by_hand():
+    data = data_with_history()  # dense: users 0, 1, 2 = raw 1, 2, 3; items 0..3 = raw 10..40
+    member = pd.DataFrame({"user": [0, 0, 1], "item": [2, 3, 3], "rank": [1, 2, 1], "score": [1.0, 0.0, 1.0]})
+    pool = build_pool([member], data.n_items, top_n=2)
+    x = pd.DataFrame(pair_features(pool, data, recent_share=0.5, window_days=150), columns=feature_names(1))
+    x["user"], x["item"] = pool.users, pool.items
+    row = x.set_index(["user", "item"])
+    assert list(row.index) == [(0, 2), (0, 3), (1, 3)]
+    assert row["m0_rank"].tolist() == [1, 2, 1] and row["n_listed"].tolist() == [1, 1, 1]
+    assert row.loc[(0, 2), "item_pop"] == pytest.approx(np.log1p(1))
+    assert row.loc[(0, 3), "item_pop"] == pytest.approx(np.log1p(1))
+    # item 2 (raw 30) was watched at T0+200d: within 150 days before user 1's last (T0+200d), not
+    # before user 0's (T0+10d)
+    assert row.loc[(0, 2), "item_at_user_time"] == 0 and row.loc[(1, 3), "item_at_user_time"] == 0
+    assert row.loc[(0, 2), "item_recent"] == pytest.approx(np.log1p(1))  # the newest half of the rows
+    assert row.loc[(0, 2), "year_gap"] == 2001 - 2001 and row.loc[(1, 3), "year_gap"] == 2002 - 2005
+    assert row.loc[(0, 2), "user_len"] == pytest.approx(np.log1p(2))
+    assert row.loc[(0, 2), "user_idle_days"] == pytest.approx(190) and row.loc[(1, 3), "user_idle_days"] == 0
+    # user 0: Drama 2 of 2 items, Comedy 1 of 2; item 2 is Comedy -> 0.5; item 3 has no genre -> NaN
+    assert row.loc[(0, 2), "genre_share"] == pytest.approx(0.5) and np.isnan(row.loc[(0, 3), "genre_share"])
+    assert labels(pool, data).tolist() == [0, 1, 1]
+
+
+def test_the_user_time_window_counts_the_items_interactions_before_the_users_last():
+    data = data_with_history()
+    member = pd.DataFrame({"user": [1], "item": [0], "rank": [1], "score": [1.0]})  # user 1, item raw 10
+    pool = build_pool([member], data.n_items, top_n=1)
+    at = CONTEXT_FEATURES.index("item_at_user_time") + 2
+    # item 0's rows: T0 (user 0) and T0+100d (user 1); user 1's last is T0+200d
+    assert pair_features(pool, data, window_days=150)[0, at] == pytest.approx(np.log1p(1))
+    assert pair_features(pool, data, window_days=250)[0, at] == pytest.approx(np.log1p(2))
+    assert pair_features(pool, data, window_days=50)[0, at] == 0
