@@ -20,9 +20,8 @@ import mlflow
 import pandas as pd
 import pytest
 
+from recmovie.config import CONF_DIR
 from tests.conftest import REPO
-
-pytestmark = pytest.mark.slow
 
 CLUSTER_EXTRA = "the cluster extra is not installed (pip install -c constraints.txt -e '.[cluster]')"
 
@@ -40,6 +39,17 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------ submitit
+@pytest.mark.parametrize("name, launcher", [("local", "LocalLauncher"), ("slurm", "SlurmLauncher")])
+def test_the_submitit_launcher_configs_compose(name, launcher):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason=CLUSTER_EXTRA)
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={name}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(launcher) and cfg.hydra.launcher.timeout_min == 240
+
+
+@pytest.mark.slow
 def test_a_sweep_through_submitit_local_is_one_mlflow_run_per_job_in_one_sweep(tmp_path, small_dir):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason=CLUSTER_EXTRA)
     p = run("train.py", "-m", "hydra/launcher=local", "data=competition", f"data.dir={small_dir}",
@@ -153,6 +163,7 @@ def tracking_server(postgres, tmp_path) -> Iterator[tuple[str, Path]]:
         log.close()
 
 
+@pytest.mark.slow
 def test_sweep_predict_and_ensemble_against_a_tracking_server_on_postgresql(tracking_server, tmp_path):
     uri, artifacts = tracking_server
     # a closed-form and a gradient model (its epoch curves go through Lightning's MLflow logger)
