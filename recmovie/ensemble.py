@@ -367,9 +367,6 @@ def run_ensemble(cfg: DictConfig) -> float | None:
     members = find_members(client, cfg)
     check_members(members, top_n)
     learn = cfg.search.method is not None or cfg.method == "rerank"  # from the members' validation candidates
-    if cfg.search.method is not None and members[0].data.params.get("split.name") == "none":
-        raise ConfigError("search.method", "weights are searched on a validation part, but the members were "
-                          "trained with split=none: search on runs with split=competition, then pass their weights")
     weights = member_weights(cfg.weights, members) if not learn else None
     base = members[0]
     with tempfile.TemporaryDirectory(prefix="recmovie-ensemble-") as tmp:
@@ -387,7 +384,8 @@ def run_ensemble(cfg: DictConfig) -> float | None:
                 raise ConfigError("method" if cfg.method == "rerank" else "search.method",
                                   "the members hold no validation part (validation=none): train them with "
                                   "split@validation=competition to learn from it")
-            val_lists = [read_candidates(_validation_candidates(uri, r, tmp), val_data, top_n,
+            val_lists = [read_candidates(_validation_candidates(uri, r, tmp, "method" if cfg.method == "rerank"
+                                                                else "search.method"), val_data, top_n,
                                          f"run {r.info.run_id} (validation)") for r in members]
     t0 = time.perf_counter()
     pool = build_pool(lists, data.n_items, top_n)
@@ -455,11 +453,12 @@ def run_ensemble(cfg: DictConfig) -> float | None:
     return metrics.get(f"recall_at_{k}")
 
 
-def _validation_candidates(uri: str, run, dst: str) -> Path:
+def _validation_candidates(uri: str, run, dst: str, key: str = "search.method") -> Path:
     names = {a.path for a in setup_mlflow(uri).MlflowClient(uri).list_artifacts(run.info.run_id)}
     if "val_candidates.csv" not in names:
-        raise ConfigError("search.method", f"run {run.info.run_id} ({model_of(run)}) has no val_candidates.csv "
-                          "(trained without a validation part, or by an older version): retrain it to search weights")
+        raise ConfigError(key, f"run {run.info.run_id} ({model_of(run)}) has no val_candidates.csv (trained without "
+                          "a validation part, by an older version, or closed-form with split=none, which fits "
+                          "everything at once): retrain it with refit=true")
     return _artifact(uri, run, "val_candidates.csv", dst)
 
 

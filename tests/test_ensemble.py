@@ -264,8 +264,11 @@ def test_split_none_members_make_a_submission_without_metrics(members, tmp_path)
     assert run_ensemble(cfg) is None
     sub = pd.read_csv(f"{cfg.paths.output_dir}/submission.csv")
     assert len(sub) == 10 * sub["user"].nunique()
-    with pytest.raises(ConfigError, match="`search.method`.*split=none"):
+    # closed-form members with split=none fit everything at once: no validation candidates to learn from
+    with pytest.raises(ConfigError, match="`search.method`.*no val_candidates.csv.*retrain it with refit=true"):
         run_ensemble(ensemble_config(tmp_path, members, [runs, "search.method=grid"]))
+    with pytest.raises(ConfigError, match="`method`.*no val_candidates.csv"):
+        run_ensemble(ensemble_config(tmp_path, members, [runs, "method=rerank"]))
 
 
 def test_members_with_other_splits_are_refused_naming_them(members, tmp_path):
