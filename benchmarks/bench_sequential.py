@@ -20,7 +20,7 @@ from pathlib import Path
 from bench_autoencoders import selection, train_args
 from common import BENCH, REPO, SCORER, run_measured, timings
 
-MODELS = ["sasrec", "gru4rec", "bert4rec"]
+MODELS = ["sasrec", "gru4rec", "gru4rec_titles", "bert4rec"]
 REFERENCE = {"ease": {"all": 0.2396, "last": 0.082}, "popularity": {"all": 0.1097}}
 
 
