@@ -24,7 +24,7 @@ from recmovie.config import check_run_config
 from recmovie.data.prepare import PreparedData, prepare_data
 from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
-from recmovie.evaluation.ranking import TopK, rank
+from recmovie.evaluation.ranking import ReleaseYearFilter, TopK, rank
 from recmovie.models.base import Recommender, build_model, load_checkpoint, plain, save_checkpoint
 from recmovie.schema import Schema
 from recmovie.submission import check_recommendable, write_candidates, write_submission
@@ -102,6 +102,20 @@ def _fit_once(model: Recommender, train: PreparedData, val: PreparedData | None,
                          checkpoint=checkpoint_dir(cfg) / f"{prefix or 'fit'}.ckpt", resume=bool(cfg.get("resume")))
 
 
+def ranking_filter(cfg: DictConfig, data: PreparedData) -> ReleaseYearFilter | None:
+    """The `filter` section's item filter for ranking `data` (None: nothing filtered)."""
+    f = cfg.get("filter") or {}
+    if not f.get("release_year", False):
+        return None
+    if "year" not in data.dataset.side:
+        raise ConfigError("filter.release_year", "needs the items' release years (years.tsv in the data folder, or "
+                          "years in MovieLens titles); this data has none")
+    slack = f.get("slack_years", 0)
+    if not isinstance(slack, int) or isinstance(slack, bool):
+        raise ConfigError("filter.slack_years", f"must be an integer, got {slack!r}")
+    return ReleaseYearFilter(data, slack)
+
+
 def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> Fitted:
     """Fit as `fit_mode` says; rank the validation users with the selected model."""
     mode = fit_mode(cfg, model)
@@ -111,7 +125,8 @@ def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> F
     fresh = copy.deepcopy(model) if mode == "refit" else None  # same initial weights as the probe
     info = _fit_once(model, fit_data, fit_data, cfg, run)
     val_users = np.unique(fit_data.holdout.user).astype(np.int64)
-    val_topk = rank(model, fit_data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size), users=val_users)
+    val_topk = rank(model, fit_data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size), users=val_users,
+                    item_filter=ranking_filter(cfg, fit_data))
     k = int(cfg.eval.k)
     val_metrics = {f"val_{key}": v for key, v in evaluate(val_topk.items, val_topk.users, fit_data.holdout,
                                                           data.n_users, k).items()}
@@ -221,6 +236,7 @@ def train(cfg: DictConfig) -> float | None:
             run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
             data = load_data(cfg, validation=mode != "everything")
             check_recommendable(data, k)  # before the fit: a submission it could not make
+            item_filter = ranking_filter(cfg, data)  # and a filter it could not apply
             run.opened()
             run.log_params({"data_fingerprint": data.fingerprint})
             run.set_tags({"data_fingerprint": data.fingerprint, "data_cache": data.info["cache"]})
@@ -235,7 +251,7 @@ def train(cfg: DictConfig) -> float | None:
                 return None
             model = fitted.model
             t0 = time.perf_counter()
-            topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size))
+            topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size), item_filter=item_filter)
             predict_seconds = time.perf_counter() - t0
             metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)
 
@@ -340,7 +356,8 @@ def predict(cfg: DictConfig) -> Path:
     if model.per_user_state and not np.array_equal(data.dataset.user_ids, ckpt["user_ids"].numpy()):
         raise ConfigError("data_dir", "this model holds per-user parameters; the data's users differ from its own")
     out_dir = Path(cfg.paths.output_dir)
-    topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size))
+    item_filter = ranking_filter(train_cfg if cfg.get("filter") is None else cfg, data)  # null: the run's own
+    topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size), item_filter=item_filter)
     metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)
     write_outputs(out_dir, data, topk, k)
     report(train_cfg.model.name, data, k, {}, metrics, {}, out_dir, cfg.run_id)

@@ -45,12 +45,6 @@ def feature_names(n_members: int) -> list[str]:
     return [f"m{i}_{kind}" for i in range(n_members) for kind in ("score", "rank")] + list(CONTEXT_FEATURES)
 
 
-def _user_last_time(data: PreparedData) -> np.ndarray:
-    last = np.full(data.n_users, np.iinfo(np.int64).min, np.int64)
-    np.maximum.at(last, data.train_user, data.train_time)
-    return np.where(last == np.iinfo(np.int64).min, data.train_time.max(initial=0), last)
-
-
 def pair_features(pool, data: PreparedData, recent_share: float = 0.1, window_days: float = 30.0) -> np.ndarray:
     """[rows, features] float32 for every pool row (see the module docstring); `data` is the
     history the pool's candidates were ranked with."""
@@ -68,7 +62,7 @@ def pair_features(pool, data: PreparedData, recent_share: float = 0.1, window_da
     # the training rows sorted by (item, time), keyed item * 2^40 + seconds since the first row
     t0 = t_time.min(initial=0)
     key = np.sort(t_item * (1 << 40) + (t_time - t0))
-    last = _user_last_time(data)
+    last = data.user_last_time
     base = items * (1 << 40) - t0
     hi = base + last[users]
     count = np.searchsorted(key, hi, "right") - np.searchsorted(key, hi - int(window_days * DAY), "right")

@@ -128,3 +128,47 @@ def test_candidates_must_be_known_items(data):
         rank(model, data, k=5, users=np.array([0]), candidates=np.array([[data.n_items]]))
     with pytest.raises(ValueError, match="candidates must be"):
         rank(model, data, k=5, users=np.array([0, 1]), candidates=np.array([[1, 2]]))
+
+
+def test_the_release_year_filter_ranks_later_films_after_the_others_and_before_seen_ones(data):
+    from recmovie.evaluation.ranking import FILTERED, ReleaseYearFilter
+
+    model = fitted(EASE(l2=20.0), data)
+    years = data.dataset.item_years()
+    user_year = np.floor(1970 + data.user_last_time / (365.2425 * 86400))
+    plain = rank(model, data, k=50)
+    filt = ReleaseYearFilter(data)
+    top = rank(model, data, k=50, item_filter=filt)
+    late = years[top.items] > user_year[top.users][:, None]  # NaN years: never late
+    unseen = data.n_items - np.diff(data.train_matrix.indptr)[top.users]
+    eligible = unseen - (years[None, :] > user_year[top.users][:, None]).sum(1)  # upper bound is enough here
+    changed = 0
+    for r in range(len(top.users)):
+        n_ok = int((~late[r]).sum())
+        assert not late[r, :n_ok].any()  # every listed late film comes after every other one
+        assert (top.scores[r, n_ok:] == np.float32(FILTERED)).all()
+        kept = plain.items[r][years[plain.items[r]] <= user_year[top.users[r]]]
+        assert top.items[r, : len(kept)].tolist()[: min(len(kept), 10)] == kept[:10].tolist()
+        changed += not np.array_equal(plain.items[r], top.items[r])
+    assert changed > 0 and (eligible > 0).all()  # the sample has films newer than some users' last year
+    # candidate path: the same order on every item as a candidate
+    cands = np.tile(np.arange(data.n_items), (5, 1))
+    sub = rank(model, data, k=50, users=top.users[:5], candidates=cands, item_filter=filt)
+    assert np.array_equal(sub.items, top.items[:5])
+
+
+def test_the_release_year_filter_needs_years(tmp_path):
+    from recmovie.data.synthetic import generate_synthetic, write_competition_folder
+    from recmovie.errors import ConfigError
+    from recmovie.pipeline import train
+    from tests.conftest import make_config
+
+    folder = tmp_path / "train"
+    write_competition_folder(generate_synthetic(n_users=40, n_items=30, n_interactions=600, seed=1), folder)
+    (folder / "years.tsv").unlink()
+    (folder / "titles.tsv").unlink()  # MovieLens-style titles carry years too
+    cfg = make_config(tmp_path / "run", ["data=competition", f"data.dir={folder}", "tracking.enabled=false",
+                                         "model=popularity", "filter.release_year=true"])
+    with pytest.raises(ConfigError, match="filter.release_year.*release years"):
+        train(cfg)
+    assert not list((tmp_path / "run").rglob("submission.csv"))

@@ -87,6 +87,13 @@ class PreparedData:
         """Training interactions per item."""
         return np.bincount(self.train_item, minlength=self.n_items).astype(np.float64)
 
+    @cached_property
+    def user_last_time(self) -> np.ndarray:
+        """Time of each user's newest training interaction (the data's newest where the user has none)."""
+        last = np.full(self.n_users, np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(last, self.train_user, self.train_time.astype(np.int64))
+        return np.where(last == np.iinfo(np.int64).min, self.train_time.max(initial=0), last)
+
     def side_matrix(self, name: str) -> sp.csr_matrix | None:
         f = self.dataset.side.get(name)
         return None if f is None else f.matrix(self.n_items)

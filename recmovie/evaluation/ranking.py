@@ -156,12 +156,34 @@ def topk_candidates(scores: torch.Tensor, items: np.ndarray, batch: UserBatch, k
     return top_values, top_items
 
 
+FILTERED = -3.0e38  # a filtered item's score: after every real score, before the seen items (-inf)
+
+
+class ReleaseYearFilter:
+    """Items released after the year of the user's last training interaction (plus `slack_years`)
+    rank after every other unseen item: a film cannot have been watched before it came out (the
+    competition's winning trick). Items without a known year are never filtered."""
+
+    def __init__(self, data: PreparedData, slack_years: int = 0):
+        years = data.dataset.item_years()
+        self.item_year = torch.from_numpy(np.nan_to_num(years, nan=-np.inf).astype(np.float32))
+        last_year = 1970 + data.user_last_time / (365.2425 * 86400)
+        self.user_year = torch.from_numpy((np.floor(last_year) + slack_years).astype(np.float32))
+
+    def apply(self, users: np.ndarray, scores: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """`scores` [B, n_items] (or [B, C] of `items`) with the filtered entries set to FILTERED."""
+        year = self.item_year.to(scores.device)
+        year = year[None, :] if items is None else year[items.clamp_min(0).to(scores.device)]
+        late = year > self.user_year[torch.as_tensor(users)].to(scores.device)[:, None]
+        return scores.masked_fill(late, FILTERED)
+
+
 @torch.no_grad()
 def rank(model, data: PreparedData, k: int = 50, chunk_size: int = 4096, users: np.ndarray | None = None,
-         candidates: np.ndarray | None = None) -> TopK:
+         candidates: np.ndarray | None = None, item_filter: ReleaseYearFilter | None = None) -> TopK:
     """Rank for `users` (default: every user), `chunk_size` users at a time: every item with
     `model.score`, or with `candidates` ([len(users), C] dense item ids per user, -1 = none) only
-    those, with `model.score_items`."""
+    those, with `model.score_items`; `item_filter` pushes the items it filters behind the others."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
     users = np.arange(data.n_users) if users is None else np.asarray(users, dtype=np.int64)
@@ -178,12 +200,19 @@ def rank(model, data: PreparedData, k: int = 50, chunk_size: int = 4096, users: 
     scores = np.empty((len(users), k), np.float32)
     for s in range(0, len(users), chunk_size):
         batch = data.user_batch(users[s : s + chunk_size])
+        chunk_users = users[s : s + len(batch)]
         if candidates is None:
-            v, i = topk_unseen(model.score(batch), batch, k)
+            chunk_scores = model.score(batch)
+            if item_filter is not None:
+                chunk_scores = item_filter.apply(chunk_users, chunk_scores)
+            v, i = topk_unseen(chunk_scores, batch, k)
             v, i = v.cpu().numpy(), i.cpu().numpy()
         else:
             chunk = candidates[s : s + len(batch)]
-            v, i = topk_candidates(model.score_items(batch, torch.from_numpy(chunk)), chunk, batch, k)
+            chunk_scores = model.score_items(batch, torch.from_numpy(chunk))
+            if item_filter is not None:
+                chunk_scores = item_filter.apply(chunk_users, chunk_scores, torch.from_numpy(chunk))
+            v, i = topk_candidates(chunk_scores, chunk, batch, k)
         items[s : s + len(batch)] = i
         scores[s : s + len(batch)] = v
     model.train(was_training)
