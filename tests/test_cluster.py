@@ -97,9 +97,11 @@ def postgres() -> Iterator[str]:
     user = _unprivileged_user()
     # in /tmp, not pytest's tmp_path: the postgres user cannot enter root's 0700 pytest folders
     root = Path(tempfile.mkdtemp(prefix="recmovie-pg-"))
-    if user:
-        os.chown(root, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
-    as_user = {"user": user, "cwd": root} if user else {"cwd": root}
+    as_user: dict = {"cwd": root}
+    if user:  # root's groups dropped too: the cluster's files belong to that user alone
+        pw = pwd.getpwnam(user)
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        as_user.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
     password, port = "recmovie-test", free_port()
     (root / "pw").write_text(password + "\n")
     data = root / "data"
