@@ -26,8 +26,8 @@ def run_cli(fn: Callable[[Any], Any], cfg) -> Any:
     (set RECMOVIE_TRACEBACK=1 for the full traceback); Ctrl-C or SIGTERM exit with status 130
     and one line."""
     logging.getLogger("recmovie").setLevel(logging.INFO)
-    if threading.current_thread() is threading.main_thread():  # a parallel sweep job runs in a worker thread
-        signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()  # a parallel sweep job runs in a worker thread
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return fn(cfg)
     except (RecmovieError, OmegaConfBaseException, FileNotFoundError, LookupError) as e:
@@ -40,6 +40,9 @@ def run_cli(fn: Callable[[Any], Any], cfg) -> Any:
             raise
         print(f"interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr, flush=True)
         raise SystemExit(INTERRUPTED) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def quote_overrides(argv: list[str]) -> list[str]:

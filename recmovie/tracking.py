@@ -67,7 +67,15 @@ def setup_mlflow(uri: str):
     here, under a lock, so that parallel jobs can share a fresh one."""
     import mlflow
 
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # MLflow also writes the URI into MLFLOW_TRACKING_URI (for subprocesses), which
+    # resolve_tracking_uri would then prefer over the config of every later run in this process
+    # (sweep jobs, a predict after a train, tests): the variable stays the user's
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
     if _sqlite_path(uri) is not None:
         with _store_lock(uri):
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
@@ -435,6 +443,9 @@ def get_run(uri: str, run_id: str, key: str = "run_id", finished: bool = True):
     `finished`) did not finish: a FAILED or KILLED run has no complete outputs."""
     from recmovie.errors import ConfigError
 
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():  # looking a run up must not create an empty store
+        raise ConfigError(key, f"no MLflow run {run_id!r}: there is no store at {uri}")
     client = setup_mlflow(uri).MlflowClient(uri)
     try:
         with _quiet_store():
