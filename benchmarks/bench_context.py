@@ -2,7 +2,8 @@
 
   quality: each model's DEFAULT config with features=ids and features=all on the ml-100k black-box
            benchmark: train.py split=none on its input/ (refit=auto: the epoch count is found on a
-           validation part carved from input/, then the model trains on all of it), scored on
+           validation part carved from input/, then the model trains on all of it; refit=false as
+           an override: the model selected on the validation part is the one submitted), scored on
            hidden.csv by the benchmark's own scorer, with the validation figure. The deep models are
            also re-ranked on a candidate set (EASE's top-50 of the same input) through score_items.
   scale:   competition size (data=synthetic: 31,360 users x 6,807 items, 5.15M interactions, every
@@ -73,8 +74,8 @@ def rerank_measured(work: Path, name: str, train_stdout: str, data_args: list[st
     return m
 
 
-def quality(work: Path, bench: Path, models: list[str], feature_sets: list[str]) -> None:
-    print(f"\n## ml-100k benchmark ({bench}), default configs, split=none (refit=auto)\n")
+def quality(work: Path, bench: Path, models: list[str], feature_sets: list[str], overrides: list[str]) -> None:
+    print(f"\n## ml-100k benchmark ({bench}), default configs {' '.join(overrides)}, split=none\n")
     run_measured(train_args(work, "ease", bench / "input", "split=none", "model=ease"), REPO, work / "logs" / "ease.log")
     print("| model | features | Recall@10 hidden | target | validation Recall@10 | best epoch / epochs run "
           "| fit s (probe + refit) | EASE top-50 re-ranked: Recall@10, s |")
@@ -82,7 +83,8 @@ def quality(work: Path, bench: Path, models: list[str], feature_sets: list[str])
     for m in models:
         for f in feature_sets:
             name = f"{m}-{f}"
-            r = run_measured(train_args(work, name, bench / "input", "split=none", f"model={m}", f"features={f}"),
+            r = run_measured(train_args(work, name, bench / "input", "split=none", f"model={m}", f"features={f}",
+                                        *overrides),
                              REPO, work / "logs" / f"{name}.log")
             rec = score(work / "runs" / name / "submission.csv", bench)
             v = selection(work, r["stdout"])
@@ -136,12 +138,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--bench", type=Path, default=BENCH, help="benchmark folder: input/, hidden.csv, train.csv")
     ap.add_argument("--work", type=Path, default=Path("/tmp") / f"bench_context-{stamp()}")
+    ap.add_argument("overrides", nargs="*", help="extra train.py overrides for every quality run (e.g. refit=false)")
     a = ap.parse_args()
     models = [m for m in a.models.split(",") if m]
     every = not (a.quality or a.scale)
     print(f"work folder: {a.work}")
     if a.quality or every:
-        quality(a.work, a.bench.resolve(), models, [f for f in a.features.split(",") if f])
+        quality(a.work, a.bench.resolve(), models, [f for f in a.features.split(",") if f], a.overrides)
     if a.scale or every:
         scale(a.work, models, a.steps)
 

@@ -66,6 +66,13 @@ def test_the_feature_groups_compose_and_validate():
         FeatureSet.from_config({"title_buckets": 0})
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "features").glob("*.yaml")))
+def test_every_feature_set_composes_through_hydra(tmp_path, name):
+    cfg = make_config(tmp_path, [f"features={name}"])
+    assert cfg.features.name == name
+    assert OmegaConf.to_container(cfg.features) == features(name)
+
+
 def test_a_feature_set_that_needs_a_missing_side_file_stops_before_any_work(tmp_path, small_dir, caplog):
     folder = tmp_path / "no_genres"
     shutil.copytree(small_dir, folder)

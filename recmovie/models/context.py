@@ -60,7 +60,7 @@ def _mlp_rest(widths: list[int], dropout: float) -> nn.Sequential:
     """The MLP after its first (split) layer: activation, then widths[1:], then one output."""
     layers: list[nn.Module] = []
     for a, b in zip(widths, widths[1:] + [1]):
-        layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(a, b)]
+        layers += [nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(a, b)]  # its input is always a fresh sum
     return nn.Sequential(*layers)
 
 
