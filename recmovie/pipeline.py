@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from recmovie.config import check_run_config
 from recmovie.data.prepare import PreparedData, prepare_data
@@ -114,6 +114,47 @@ def ranking_filter(cfg: DictConfig, data: PreparedData) -> ReleaseYearFilter | N
     if not isinstance(slack, int) or isinstance(slack, bool):
         raise ConfigError("filter.slack_years", f"must be an integer, got {slack!r}")
     return ReleaseYearFilter(data, slack)
+
+
+def tune_grid(cfg: DictConfig, model: Recommender, overrides: list[str]) -> dict[str, list]:
+    """The model YAML's `tune` grid, without the keys the command line set (empty: no tuning)."""
+    grid = cfg.model.get("tune") if cfg.get("tune", False) else None
+    if not grid or model.trained:
+        return {}
+    if not isinstance(grid, DictConfig) or not all(isinstance(v, ListConfig) and len(v) for v in grid.values()):
+        raise ConfigError("model.tune", f"must map hyper-parameters to non-empty lists of values, got {grid}")
+    given = {o.split("=", 1)[0].lstrip("+~").removeprefix("model.") for o in overrides if o.lstrip("+~").startswith("model.")}
+    return {key: list(values) for key, values in grid.items() if key not in given}
+
+
+def tune_model(cfg: DictConfig, grid: dict[str, list], data: PreparedData, run, build) -> dict:
+    """Every combination of `grid` fitted on the fit part and scored on the validation part; returns
+    the first best (grid order). `build(values)` makes the model with those values."""
+    import itertools
+
+    fit_data = data.fit_part()
+    users = np.unique(fit_data.holdout.user).astype(np.int64)
+    k = int(cfg.eval.k)
+    rows = []
+    for values in itertools.product(*grid.values()):
+        chosen = dict(zip(grid, values))
+        model = build(chosen)
+        model.build(Schema.from_data(fit_data))
+        t0 = time.perf_counter()
+        model.fit(fit_data)
+        top = rank(model, fit_data, k=k, chunk_size=int(cfg.eval.chunk_size), users=users,
+                   item_filter=ranking_filter(cfg, fit_data))
+        recall = evaluate(top.items, top.users, fit_data.holdout, data.n_users, k)[f"recall_at_{k}"]
+        rows.append({**chosen, f"val_recall_at_{k}": recall, "seconds": round(time.perf_counter() - t0, 2)})
+        log.info("tune: %s -> val_recall_at_%d %.4f", " ".join(f"{a}={b}" for a, b in chosen.items()), k, recall)
+    best = max(rows, key=lambda r: r[f"val_recall_at_{k}"])
+    chosen = {key: best[key] for key in grid}
+    log.info("tune: chose %s (val_recall_at_%d %.4f of %d tried)", chosen, k, best[f"val_recall_at_{k}"], len(rows))
+    import pandas as pd
+
+    run.log_text(pd.DataFrame(rows).to_csv(index=False), "tune.csv")
+    run.set_tags({"tuned": " ".join(f"{a}={b}" for a, b in chosen.items())})
+    return chosen
 
 
 def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> Fitted:
@@ -214,6 +255,7 @@ def train(cfg: DictConfig) -> float | None:
         from recmovie.training import trainer_arguments
 
         trainer_arguments(cfg.trainer)  # an unknown Trainer key fails now, not after the data is read
+    grid = tune_grid(cfg, model, overrides)
     mode = fit_mode(cfg, model)
     rank_zero = is_global_zero()
     out_dir = Path(cfg.paths.output_dir)
@@ -231,15 +273,27 @@ def train(cfg: DictConfig) -> float | None:
         try:
             # locations are tags, not params: a comparison view should not plot them (and a
             # resumed run may find its store elsewhere: MLflow refuses a param that changes)
+            tuned_keys = tuple(f"model.{key}" for key in grid)  # logged once chosen
             run.log_params({k_: v for k_, v in flatten(resolved).items()
-                            if not k_.startswith(("paths.", "tracking.uri", "resume"))})
+                            if not k_.startswith(("paths.", "tracking.uri", "resume")) and k_ not in tuned_keys})
             run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-            data = load_data(cfg, validation=mode != "everything")
+            data = load_data(cfg, validation=mode != "everything" or bool(grid))
             check_recommendable(data, k)  # before the fit: a submission it could not make
             item_filter = ranking_filter(cfg, data)  # and a filter it could not apply
             run.opened()
             run.log_params({"data_fingerprint": data.fingerprint})
             run.set_tags({"data_fingerprint": data.fingerprint, "data_cache": data.info["cache"]})
+            if grid and len(data.fit_part().holdout):
+                def build(values: dict) -> Recommender:
+                    spec = {**OmegaConf.to_container(cfg.model, resolve=True), **values}
+                    return build_model(spec, loss=loss, features=run_features(cfg))
+
+                chosen = tune_model(cfg, grid, data, run, build)
+                model = build(chosen)
+                resolved["model"].update(chosen)
+            elif grid:
+                log.warning("tune: no validation part (validation=none): the YAML's values are used")
+            run.log_params({f"model.{key}": resolved["model"][key] for key in grid})
             torch.manual_seed(int(cfg.seed))  # initial weights of gradient models
             schema = Schema.from_data(data)
             model.build(schema)

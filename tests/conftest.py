@@ -44,9 +44,14 @@ def small_dir(tmp_path_factory, small_dataset) -> Path:
 
 
 def make_config(tmp_path: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
-    """Compose a config like the command line would, with every output under tmp_path."""
+    """Compose a config like the command line would, with every output under tmp_path. Training
+    configs get tune=false unless the test asks for tuning: a model's grid would multiply its fits,
+    and composed configs carry no command line to tell which values were set on purpose."""
+    overrides = list(overrides)
+    if config_name == "train" and not any(o.startswith("tune=") for o in overrides):
+        overrides.append("tune=false")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides))
+        cfg = compose(config_name, overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "out")
         cfg.paths.cache_dir = str(tmp_path / "cache")

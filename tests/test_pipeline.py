@@ -88,3 +88,26 @@ def test_a_store_that_cannot_be_opened_stops_the_run_before_the_fit(small_config
     with pytest.raises(TrackingError, match="cannot open the MLflow store"):
         train(cfg)
     assert not fitted and not (tmp_path / "out" / "submission.csv").exists()
+
+
+def test_tune_chooses_the_grid_value_on_validation_and_logs_it(small_config, monkeypatch):
+    import recmovie.pipeline as pipeline
+
+    cfg = small_config(["model=itemknn", "tune=true", "model.tune.k=[5,100]"])
+    train(cfg)
+    (run,) = _runs(cfg)
+    chosen = run.data.tags["tuned"]
+    assert chosen in ("k=5", "k=100") and run.data.params["model.k"] == chosen.split("=")[1]
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="tune.csv"))
+    assert list(table.k) == [5, 100]
+    best = table.loc[table.val_recall_at_10.idxmax()]
+    assert chosen == f"k={int(best.k)}" and run.data.metrics["val_recall_at_10"] == pytest.approx(best.val_recall_at_10)
+
+    # a value set on the command line is kept as given; tune=false keeps the YAML's
+    monkeypatch.setattr(pipeline, "hydra_context", lambda: {"overrides": ["model.k=7"]})
+    assert pipeline.tune_grid(small_config(["model=itemknn", "tune=true", "model.k=7"]),
+                              pipeline.build_model({"_target_": "recmovie.models.neighbourhood.ItemKNN"}),
+                              ["model.k=7"]) == {}
+    with pytest.raises(pipeline.ConfigError, match="model.tune"):
+        pipeline.tune_grid(small_config(["model=itemknn", "tune=true", "model.tune.k=5"]),
+                           pipeline.build_model({"_target_": "recmovie.models.neighbourhood.ItemKNN"}), [])
