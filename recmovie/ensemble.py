@@ -5,6 +5,8 @@ Methods (w = a member's weight, r = the rank it gave the item, from 1):
                counts as rank top_n + 1 (the seed team's hard voting)
   rrf          reciprocal-rank fusion (Cormack et al. 2009): sum(w / (rrf_k + r)), unlisted items add 0
   score_blend  sum(w * s): s = the member's score min-max normalised over the user's top_n, unlisted 0
+  score_blend with full_scores=true: the same over every item, from the members' reloaded models
+               (their checkpoints), each member's scores standardised per user over the unseen items
   rerank       a LightGBM LambdaRank model over every member's score and rank plus item, user and
                pair features (recmovie/rerank.py), learned on the members' validation candidates
 Ties: the first member's rank, then the item id. Members must share the data, the split and the
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from recmovie.data.prepare import PreparedData
@@ -183,6 +186,8 @@ def check_config(cfg: DictConfig) -> None:
                           "rerank learns how to combine the members: no weights, no weight search")
     if cfg.method == "rerank":
         check_rerank_config(cfg.rerank)
+    if cfg.get("full_scores") and cfg.method != "score_blend":
+        raise ConfigError("full_scores", f"only score_blend blends full score rows, got method={cfg.method}")
     if s.method is not None:
         if s.method not in SEARCHES:
             raise ConfigError("search.method", f"must be null or one of {list(SEARCHES)}, got {s.method!r}")
@@ -304,6 +309,88 @@ def ranked_lists(pool: Pool, fused: np.ndarray, data: PreparedData, depth: int, 
     return TopK(np.arange(data.n_users), top_items, top_scores), len(short)
 
 
+# ------------------------------------------------------------------ full score rows
+def _standardised(scores: torch.Tensor, batch) -> torch.Tensor:
+    """Each row standardised over the user's unseen items (seen ones set to 0, masked later)."""
+    seen = torch.zeros_like(scores, dtype=torch.bool)
+    seen[batch.row_ids(), batch.indices] = True
+    keep = ~seen
+    n = keep.sum(1, keepdim=True).clamp_min(1)
+    mean = (scores * keep).sum(1, keepdim=True) / n
+    std = (((scores - mean) * keep) ** 2).sum(1, keepdim=True).div(n).sqrt().clamp_min(1e-12)
+    return ((scores - mean) / std).masked_fill(seen, 0.0)
+
+
+def member_models(uri: str, members: list, tmp: str) -> list:
+    from recmovie.models.base import Recommender, load_checkpoint
+
+    models = []
+    for r in members:
+        try:
+            ckpt = load_checkpoint(_artifact(uri, r, "model/model.pt", tmp))
+        except (FileNotFoundError, DataError) as e:
+            raise ConfigError("full_scores", f"run {r.info.run_id} ({model_of(r)}) has no reloadable model: {e}") from None
+        models.append(Recommender.from_checkpoint(ckpt))
+    return models
+
+
+def blended_topk(models: list, weights: np.ndarray, data: PreparedData, users: np.ndarray, depth: int,
+                 chunk_size: int) -> TopK:
+    """Top `depth` unseen items of sum(w * standardised member scores), `chunk_size` users at once."""
+    from recmovie.evaluation.ranking import topk_unseen
+
+    items = np.empty((len(users), depth), np.int64)
+    values = np.empty((len(users), depth), np.float32)
+    with torch.no_grad():
+        for s in range(0, len(users), chunk_size):
+            batch = data.user_batch(users[s : s + chunk_size])
+            total = sum(float(w) * _standardised(m.score(batch).float(), batch) for m, w in zip(models, weights) if w > 0)
+            v, i = topk_unseen(total, batch, depth)
+            items[s : s + len(batch)], values[s : s + len(batch)] = i.numpy(), v.numpy()
+    return TopK(users, items, values)
+
+
+def full_score_blend(cfg: DictConfig, uri: str, members: list, data: PreparedData, val_data: PreparedData | None,
+                     weights: np.ndarray | None) -> tuple[TopK, dict, np.ndarray]:
+    """score_blend over every item. Weights searched on the validation part need members whose
+    saved model never saw it (fit_mode `validate`: split=competition and the like)."""
+    k, chunk = int(cfg.eval.k), int(cfg.get("chunk_size", 1024))
+    with tempfile.TemporaryDirectory(prefix="recmovie-ensemble-models-") as tmp:
+        models = member_models(uri, members, tmp)
+    search = {}
+    if weights is None:
+        saw = [f"{r.info.run_id} ({model_of(r)}: {r.data.tags.get('fit_mode')})" for r in members
+               if r.data.tags.get("fit_mode") != "validate"]
+        if saw:
+            raise ConfigError("full_scores", "searching weights on full scores needs members whose saved model was "
+                              "fitted without the validation part (fit_mode validate); these saw it: " + ", ".join(saw))
+        users = np.unique(val_data.holdout.user).astype(np.int64)
+        pools = []
+        with torch.no_grad():  # each member's standardised validation rows, computed once
+            for m in models:
+                rows = [_standardised(m.score(b).float(), b) for b in
+                        (val_data.user_batch(users[s : s + chunk]) for s in range(0, len(users), chunk))]
+                pools.append(torch.cat(rows))
+        weights, best, trials = search_full(pools, val_data, users, cfg)
+        search = {f"val_recall_at_{k}": best, "search_trials": trials}
+    return blended_topk(models, weights, data, np.arange(data.n_users), int(cfg.candidates.n), chunk), search, weights
+
+
+def search_full(pools: list, data: PreparedData, users: np.ndarray, cfg: DictConfig) -> tuple[np.ndarray, float, int]:
+    """search_weights' grid or Optuna over full standardised score rows of the validation users."""
+    from recmovie.evaluation.ranking import topk_unseen
+
+    k = int(cfg.eval.k)
+    batch = data.user_batch(users)
+
+    def recall(w: np.ndarray) -> float:
+        total = sum(float(x) * p for x, p in zip(w, pools) if x > 0)
+        _, items = topk_unseen(total.clone(), batch, k)
+        return evaluate(items.numpy(), users, data.holdout, data.n_users, k)[f"recall_at_{k}"]
+
+    return _search(recall, len(pools), cfg)
+
+
 # ------------------------------------------------------------------ weight search
 def grid_vectors(values, n: int) -> list[np.ndarray]:
     """Every combination of `values` for n members; vectors equal up to scale are kept once."""
@@ -328,6 +415,11 @@ def search_weights(pool: Pool, data: PreparedData, cfg: DictConfig) -> tuple[np.
         topk, _ = ranked_lists(pool, fuse(pool, cfg.method, w, float(cfg.rrf_k)), data, k, k)
         return evaluate(topk.items, topk.users, data.holdout, data.n_users, k)[f"recall_at_{k}"]
 
+    return _search(recall, n, cfg)
+
+
+def _search(recall, n: int, cfg: DictConfig) -> tuple[np.ndarray, float, int]:
+    """The weight vector (scaled to max 1) of n members that maximises `recall(w)`, by cfg.search."""
     if cfg.search.method == "grid":
         tried = [(recall(w), w) for w in grid_vectors(cfg.search.grid, n)]
         # first best in grid order: deterministic
@@ -384,13 +476,16 @@ def run_ensemble(cfg: DictConfig) -> float | None:
                 raise ConfigError("method" if cfg.method == "rerank" else "search.method",
                                   "the members hold no validation part (validation=none): train them with "
                                   "split@validation=competition to learn from it")
-            val_lists = [read_candidates(_validation_candidates(uri, r, tmp, "method" if cfg.method == "rerank"
-                                                                else "search.method"), val_data, top_n,
-                                         f"run {r.info.run_id} (validation)") for r in members]
+            val_lists = [] if cfg.get("full_scores") else [  # full scores: the members' models instead
+                read_candidates(_validation_candidates(uri, r, tmp, "method" if cfg.method == "rerank" else "search.method"),
+                                val_data, top_n, f"run {r.info.run_id} (validation)") for r in members]
     t0 = time.perf_counter()
     pool = build_pool(lists, data.n_items, top_n)
     search, ranker = {}, None
-    if cfg.method == "rerank":
+    if cfg.get("full_scores"):
+        topk, search, weights = full_score_blend(cfg, uri, members, data, val_data if learn else None, weights)
+        n_filled = 0
+    elif cfg.method == "rerank":
         from recmovie.rerank import feature_names, fit_ranker, pair_features, validation_recall
         from recmovie.rerank import labels as pair_labels
 
@@ -408,7 +503,8 @@ def run_ensemble(cfg: DictConfig) -> float | None:
             weights, best_recall, trials = search_weights(build_pool(val_lists, data.n_items, top_n), val_data, cfg)
             search = {f"val_recall_at_{k}": best_recall, "search_trials": trials}
         fused = fuse(pool, cfg.method, weights, float(cfg.rrf_k))
-    topk, n_filled = ranked_lists(pool, fused, data, int(cfg.candidates.n), k)
+    if not cfg.get("full_scores"):
+        topk, n_filled = ranked_lists(pool, fused, data, int(cfg.candidates.n), k)
     fit_seconds = time.perf_counter() - t0
     metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)
     if n_filled:

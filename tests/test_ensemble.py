@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from omegaconf import open_dict
 
 from recmovie.data.dataset import Dataset
@@ -326,3 +327,43 @@ def test_rerank_end_to_end_logs_the_ranker_and_refuses_weights(members, tmp_path
         run_ensemble(ensemble_config(tmp_path / "w", members, [runs, "method=rerank", "weights=[1,1,1]"]))
     with pytest.raises(ConfigError, match=r"`rerank.valid_share`: must be a number in \(0, 1\)"):
         run_ensemble(ensemble_config(tmp_path / "v", members, [runs, "method=rerank", "rerank.valid_share=1.5"]))
+
+
+def test_full_score_blend_reloads_the_members_and_searches_on_validation(members, tmp_path):
+    from recmovie.ensemble import _standardised, member_models
+
+    ids = [members.ids["ease"], members.ids["itemknn"]]
+    runs = f"runs=[{','.join(ids)}]"
+    cfg = ensemble_config(tmp_path, members, [runs, "method=score_blend", "full_scores=true", "weights=[1,0.5]"])
+    recall = run_ensemble(cfg)
+    # the first user's list by hand: 1 x standardised EASE + 0.5 x standardised ItemKNN over unseen items
+    client = mlflow.MlflowClient(members.cfg.tracking.uri)
+    ease, knn = member_models(members.cfg.tracking.uri, [client.get_run(i) for i in ids], str(tmp_path / "m"))
+    from recmovie.pipeline import load_data
+    from omegaconf import OmegaConf
+
+    data = load_data(OmegaConf.load(mlflow.artifacts.download_artifacts(run_id=ids[0], artifact_path="config.yaml",
+                                                                         dst_path=str(tmp_path / "c"))))
+    batch = data.user_batch(np.array([0]))
+    total = _standardised(ease.score(batch), batch) + 0.5 * _standardised(knn.score(batch), batch)
+    seen = set(batch.indices.tolist())
+    expected = [int(i) for i in torch.argsort(-total[0], stable=True) if int(i) not in seen][:10]
+    sub = pd.read_csv(f"{cfg.paths.output_dir}/submission.csv")
+    first = sub[sub.user == data.dataset.user_ids[0]].item.tolist()
+    assert first == [int(data.dataset.item_ids[i]) for i in expected]
+    assert recall > 0.8 * max(client.get_run(i).data.metrics["recall_at_10"] for i in ids)
+
+    searched = ensemble_config(tmp_path / "s", members, [runs, "method=score_blend", "full_scores=true",
+                                                         "search.method=grid", "search.grid=[0,1]"])
+    run_ensemble(searched)
+    (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+              if r.data.tags.get("method") == "score_blend" and "search.method" in r.data.params
+              and r.data.params["search.method"] == "grid" and r.data.params.get("full_scores") == "True"]
+    assert 0 < run.data.metrics["val_recall_at_10"] <= 1
+
+    with pytest.raises(ConfigError, match="`full_scores`: only score_blend"):
+        run_ensemble(ensemble_config(tmp_path / "r", members, [runs, "method=rank_vote", "full_scores=true"]))
+    none_runs = f"runs=[{members.ids['genre_rule']},{members.ids['popularity-none']}]"
+    with pytest.raises(ConfigError, match="`full_scores`.*fitted without the validation part"):
+        run_ensemble(ensemble_config(tmp_path / "n", members, [none_runs, "method=score_blend", "full_scores=true",
+                                                               "search.method=grid"]))
