@@ -181,10 +181,10 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.query.per_model not in PER_MODEL:
         raise ConfigError("query.per_model", f"must be one of {list(PER_MODEL)}, got {cfg.query.per_model!r}")
     s = cfg.search
-    if cfg.method == "rerank" and (s.method is not None or cfg.weights is not None):
-        raise ConfigError("search.method" if s.method is not None else "weights",
-                          "rerank learns how to combine the members: no weights, no weight search")
     if cfg.method == "rerank":
+        if s.method is not None or cfg.weights is not None:
+            raise ConfigError("search.method" if s.method is not None else "weights",
+                              "rerank learns how to combine the members: no weights, no weight search")
         check_rerank_config(cfg.rerank)
     if cfg.get("full_scores") and cfg.method != "score_blend":
         raise ConfigError("full_scores", f"only score_blend blends full score rows, got method={cfg.method}")

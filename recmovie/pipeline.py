@@ -283,7 +283,7 @@ def train(cfg: DictConfig) -> float | None:
             run.opened()
             run.log_params({"data_fingerprint": data.fingerprint})
             run.set_tags({"data_fingerprint": data.fingerprint, "data_cache": data.info["cache"]})
-            if grid and len(data.fit_part().holdout):
+            if grid and len(data.validation):
                 def build(values: dict) -> Recommender:
                     spec = {**OmegaConf.to_container(cfg.model, resolve=True), **values}
                     return build_model(spec, loss=loss, features=run_features(cfg))

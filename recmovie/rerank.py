@@ -68,8 +68,7 @@ def pair_features(pool, data: PreparedData, recent_share: float = 0.1, window_da
     count = np.searchsorted(key, hi, "right") - np.searchsorted(key, hi - int(window_days * DAY), "right")
     cols.append(np.log1p(count))
     years = data.dataset.item_years()
-    last_year = (1970 + last / (365.2425 * DAY))[users]
-    cols.append(np.floor(last_year) - years[items])
+    cols.append(data.user_last_year[users] - years[items])
     length = np.bincount(data.train_user, minlength=data.n_users)
     cols.append(np.log1p(length)[users])
     cols.append(((t_time.max(initial=0) - last) / DAY)[users])

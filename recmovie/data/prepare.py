@@ -94,6 +94,11 @@ class PreparedData:
         np.maximum.at(last, self.train_user, self.train_time.astype(np.int64))
         return np.where(last == np.iinfo(np.int64).min, self.train_time.max(initial=0), last)
 
+    @property
+    def user_last_year(self) -> np.ndarray:
+        """Calendar year (float, floored) of each user's newest training interaction."""
+        return np.floor(1970 + self.user_last_time / (365.2425 * 86400))
+
     def side_matrix(self, name: str) -> sp.csr_matrix | None:
         f = self.dataset.side.get(name)
         return None if f is None else f.matrix(self.n_items)

@@ -167,8 +167,7 @@ class ReleaseYearFilter:
     def __init__(self, data: PreparedData, slack_years: int = 0):
         years = data.dataset.item_years()
         self.item_year = torch.from_numpy(np.nan_to_num(years, nan=-np.inf).astype(np.float32))
-        last_year = 1970 + data.user_last_time / (365.2425 * 86400)
-        self.user_year = torch.from_numpy((np.floor(last_year) + slack_years).astype(np.float32))
+        self.user_year = torch.from_numpy((data.user_last_year + slack_years).astype(np.float32))
 
     def apply(self, users: np.ndarray, scores: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """`scores` [B, n_items] (or [B, C] of `items`) with the filtered entries set to FILTERED."""

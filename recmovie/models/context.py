@@ -16,10 +16,9 @@ from torch import nn
 
 from recmovie.data.batches import FieldBatch, UserBatch
 from recmovie.data.features import FeatureSet, field_size, item_field_codes, user_field_codes
-from recmovie.data.samplers import SAMPLINGS
 from recmovie.models.base import check
 from recmovie.models.lightning import LitRecommender
-from recmovie.models.losses import PAIRWISE, pairwise_loss
+from recmovie.models.losses import check_pairwise, pairwise_loss
 
 Codes = dict[str, torch.Tensor]  # field -> [..., W] bags of codes
 
@@ -81,13 +80,7 @@ class ContextRecommender(LitRecommender):
         super().__init__(dim=dim, loss=loss, n_negatives=n_negatives, sampling=sampling, reg=reg,
                          init_std=init_std, features=fs.to_dict(), score_budget_mb=score_budget_mb, lr=lr,
                          batch_size=batch_size, max_epochs=max_epochs, patience=patience, **train)
-        check(isinstance(dim, int) and dim >= 1, "dim", f"must be an integer >= 1, got {dim!r}")
-        check(loss in PAIRWISE, "loss", f"must be one of {list(PAIRWISE)}, got {loss!r}")
-        check(isinstance(n_negatives, int) and n_negatives >= 1, "n_negatives",
-              f"must be an integer >= 1, got {n_negatives!r}")
-        check(sampling in SAMPLINGS, "sampling", f"must be one of {list(SAMPLINGS)}, got {sampling!r}")
-        check(reg >= 0, "reg", f"must be >= 0, got {reg}")
-        check(init_std > 0, "init_std", f"must be > 0, got {init_std}")
+        check_pairwise(dim, loss, n_negatives, sampling, reg, init_std)
         check(isinstance(score_budget_mb, int) and score_budget_mb >= 1, "score_budget_mb",
               f"must be an integer >= 1, got {score_budget_mb!r}")
         self.fs = fs

@@ -9,10 +9,9 @@ import torch
 
 from recmovie.data.batches import PairBatch, UserBatch
 from recmovie.data.prepare import PreparedData
-from recmovie.data.samplers import SAMPLINGS
 from recmovie.models.base import Recommender, check
 from recmovie.models.lightning import LitRecommender
-from recmovie.models.losses import PAIRWISE, pairwise_loss
+from recmovie.models.losses import check_pairwise, pairwise_loss
 
 
 class BPRMF(LitRecommender):
@@ -29,13 +28,7 @@ class BPRMF(LitRecommender):
         super().__init__(dim=dim, loss=loss, n_negatives=n_negatives, sampling=sampling, reg=reg,
                          init_std=init_std, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
                          patience=patience, **train)
-        check(isinstance(dim, int) and dim >= 1, "dim", f"must be an integer >= 1, got {dim!r}")
-        check(loss in PAIRWISE, "loss", f"must be one of {list(PAIRWISE)}, got {loss!r}")
-        check(isinstance(n_negatives, int) and n_negatives >= 1, "n_negatives",
-              f"must be an integer >= 1, got {n_negatives!r}")
-        check(sampling in SAMPLINGS, "sampling", f"must be one of {list(SAMPLINGS)}, got {sampling!r}")
-        check(reg >= 0, "reg", f"must be >= 0, got {reg}")
-        check(init_std > 0, "init_std", f"must be > 0, got {init_std}")
+        check_pairwise(dim, loss, n_negatives, sampling, reg, init_std)
 
     def configure_optimizers(self):
         # every step updates the whole embedding tables (dense gradients): the fused kernel halves
