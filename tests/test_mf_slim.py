@@ -278,6 +278,7 @@ def test_checkpoint_round_trip_scores_identically(data, make):
     ({"_target_": "recmovie.models.mf.ALS", "alpha": -1.0}, "model.alpha"),
     ({"_target_": "recmovie.models.mf.BPRMF", "sampling": "hard"}, "model.sampling"),
     ({"_target_": "recmovie.models.mf.BPRMF", "n_negatives": 0}, "model.n_negatives"),
+    ({"_target_": "recmovie.models.mf.BPRMF", "loss": "sampled_softmax", "sampling": "popularity"}, "model.sampling"),
     ({"_target_": "recmovie.models.neighbourhood.UserKNN", "weighting": "idf"}, "model.weighting"),
     ({"_target_": "recmovie.models.linear.ADMMSLIM", "rho": 0.0}, "model.rho"),
     ({"_target_": "recmovie.models.linear.EDLAE", "dropout": 1.0}, "model.dropout"),
@@ -285,6 +286,19 @@ def test_checkpoint_round_trip_scores_identically(data, make):
 def test_bad_values_name_their_key(cfg, key):
     with pytest.raises(ConfigError, match=key):
         build_model(cfg)
+
+
+def test_pairwise_sampled_softmax_over_every_other_item_is_the_full_softmax():
+    from recmovie.models.losses import pairwise_loss
+
+    torch.manual_seed(0)
+    scores = torch.randn(4, 7)  # 4 pairs' scores of every item; the positive is item 0
+    full = torch.nn.functional.cross_entropy(scores, torch.zeros(4, dtype=torch.int64))
+    got = pairwise_loss("sampled_softmax", scores[:, 0], scores[:, 1:], n_items=7)
+    assert torch.allclose(got, full, atol=1e-6)
+    # fewer negatives stand for more items each: the positive's share shrinks, the loss grows
+    assert pairwise_loss("sampled_softmax", scores[:, 0], scores[:, 1:3], n_items=7) > \
+        -torch.log_softmax(scores[:, :3], 1)[:, 0].mean()
 
 
 def test_bpr_takes_its_loss_from_the_loss_group():

@@ -8,6 +8,9 @@ Reconstruction losses (autoencoders) take logits [B, n_items] and the batch's we
 Pairwise losses (BPR-MF and friends) take positive scores [B], negative scores [B, n_neg], weights [B]:
   bpr: -log sigmoid(pos - neg), averaged over negatives
   bce: BCE(pos, 1) + mean over negatives of BCE(neg, 0)
+  sampled_softmax: cross-entropy of the positive against its own negatives, each negative's logit
+       shifted by log((n_items - 1) / n_neg) (uniform sampling: each stands for that many items), so
+       the hardest negatives get most of the gradient, as in WARP; needs sampling=uniform
 Sequence losses (SASRec, GRU4Rec, BERT4Rec) take hidden states h [N, d] at the N target
 positions, the output table E [n_items, d] (tied to the item embeddings) and the targets [N]:
   ce:   full softmax cross-entropy over every item, -log softmax(h E^T)_target, computed in chunks
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 RECONSTRUCTION = ("multinomial", "logistic", "gaussian")
-PAIRWISE = ("bpr", "bce")
+PAIRWISE = ("bpr", "bce", "sampled_softmax")
 SEQUENCE = ("ce", "gbce", "bce", "bpr_max", "sampled_softmax")
 SAMPLED = ("gbce", "bce", "bpr_max", "sampled_softmax")  # sequence losses over `negatives` shared items
 CE_CHUNK_ELEMENTS = 1 << 24  # logits kept alive at once by the chunked cross-entropy (64 MB of float32)
@@ -65,15 +68,25 @@ def check_pairwise(dim: int, loss: str, n_negatives: int, sampling: str, reg: fl
     check(loss in PAIRWISE, "loss", f"must be one of {list(PAIRWISE)}, got {loss!r}")
     check(isinstance(n_negatives, int) and n_negatives >= 1, "n_negatives", f"must be an integer >= 1, got {n_negatives!r}")
     check(sampling in SAMPLINGS, "sampling", f"must be one of {list(SAMPLINGS)}, got {sampling!r}")
+    check(loss != "sampled_softmax" or sampling == "uniform", "sampling",
+          f"loss sampled_softmax corrects for uniform sampling only, got sampling {sampling!r}")
     check(reg >= 0, "reg", f"must be >= 0, got {reg}")
     check(init_std > 0, "init_std", f"must be > 0, got {init_std}")
 
 
-def pairwise_loss(name: str, pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def pairwise_loss(name: str, pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor | None = None,
+                  n_items: int = 0) -> torch.Tensor:
+    """Mean loss of positive scores [B] against their negatives' scores [B, n_neg]; `n_items` (the
+    catalogue size) is what sampled_softmax's correction needs."""
     if name == "bpr":
         per = -F.logsigmoid(pos[:, None] - neg).mean(dim=1)
     elif name == "bce":
         per = F.softplus(-pos) + F.softplus(neg).mean(dim=1)
+    elif name == "sampled_softmax":
+        import math
+
+        shift = math.log(max(1, n_items - 1) / neg.shape[1])
+        per = -torch.log_softmax(torch.cat([pos[:, None], neg + shift], 1), 1)[:, 0]
     else:
         raise ValueError(f"unknown pairwise loss {name!r}; choose from {PAIRWISE}")
     if weight is not None:
