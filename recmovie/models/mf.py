@@ -30,12 +30,6 @@ class BPRMF(LitRecommender):
                          patience=patience, **train)
         check_pairwise(dim, loss, n_negatives, sampling, reg, init_std)
 
-    def configure_optimizers(self):
-        # every step updates the whole embedding tables (dense gradients): the fused kernel halves
-        # the step time at the competition's size
-        return torch.optim.Adam(self.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay,
-                                fused=True)
-
     def view_options(self) -> dict:
         return {"n_negatives": self.params.n_negatives, "sampling": self.params.sampling}
 
@@ -55,7 +49,7 @@ class BPRMF(LitRecommender):
         n = self.item_emb(batch.neg)  # [B, n_neg, d]
         pos = (u * p).sum(-1) + self.item_bias(batch.pos).squeeze(-1)
         neg = (u[:, None, :] * n).sum(-1) + self.item_bias(batch.neg).squeeze(-1)
-        loss = pairwise_loss(self.params.loss, pos, neg, batch.weight)
+        loss = pairwise_loss(self.params.loss, pos, neg, batch.weight, self.n_items)
         self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(batch))
         if self.params.reg:
             # L2 on the vectors this batch touches (per pair), as in the BPR paper's SGD updates

@@ -37,7 +37,7 @@ from torch import nn
 from recmovie.data.batches import SequenceBatch, UserBatch
 from recmovie.data.views import left_padded
 from recmovie.models.base import check
-from recmovie.models.lightning import LitRecommender
+from recmovie.models.lightning import LitRecommender, adam
 from recmovie.models.losses import SEQUENCE, bpr_max, full_softmax_ce, gbce_beta, sampled_bce, sampled_softmax
 
 SCORE_CHUNK = 256  # users run through the network at once when scoring (results do not depend on it)
@@ -125,7 +125,7 @@ class SequentialRecommender(LitRecommender):
         check(bpreg >= 0.0, "bpreg", f"must be >= 0, got {bpreg}")
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay)
+        return adam(self.parameters(), self.params.lr, self.params.weight_decay, decoupled=True)
 
     def view_options(self) -> dict:
         # next-item: max_len inputs + the item after the last of them
