@@ -5,7 +5,8 @@
            validation part carved from input/, then the model trains on all of it; refit=false as
            an override: the model selected on the validation part is the one submitted), scored on
            hidden.csv by the benchmark's own scorer, with the validation figure. The deep models are
-           also re-ranked on a candidate set (EASE's top-50 of the same input) through score_items.
+           also re-ranked on a candidate set (EASE's top-50 of the same input) through score_items:
+           predict.py run_id=<their run> candidates_from=<EASE's candidates.csv>.
   scale:   competition size (data=synthetic: 31,360 users x 6,807 items, 5.15M interactions, every
            side file), features=all: each model trained for --steps steps (its ranking does not
            depend on how long it trained), then every user ranked; fit and ranking seconds, peak
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
-import time
 from pathlib import Path
 
 from bench_autoencoders import selection, train_args
@@ -30,47 +29,16 @@ DEEP = ("deepfm", "wide_deep")
 TARGETS = {("fm", "all"): ">= 0.2245", ("fm", "ids"): ">= 0.219"}
 
 
-def rerank(checkpoint: Path, overrides: list[str], candidates: Path, out: Path) -> None:
-    """(child process) Rank every user's candidates (another run's candidates.csv) with a trained
-    model through score_items, and write the submission."""
-    sys.path.insert(0, str(REPO))
-    import numpy as np
-    import pandas as pd
-    from omegaconf import OmegaConf
-
-    from recmovie.evaluation.ranking import rank
-    from recmovie.models.base import Recommender, load_checkpoint
-    from recmovie.pipeline import load_data
-    from recmovie.submission import write_submission
-
-    ckpt = load_checkpoint(checkpoint)
-    cfg = OmegaConf.create(ckpt["config"])
-    for arg in overrides:  # key=value of the run's config, e.g. eval.chunk_size=1024
-        key, _, value = arg.partition("=")
-        OmegaConf.update(cfg, key, value)
-    model = Recommender.from_checkpoint(ckpt)
-    data = load_data(cfg, validation=False)
-    c = pd.read_csv(candidates)
-    user = np.searchsorted(data.dataset.user_ids, c.user.to_numpy())
-    item = np.searchsorted(data.dataset.item_ids, c.item.to_numpy())
-    depth = int(c["rank"].max())
-    grid = np.full((data.n_users, depth), -1, np.int64)
-    grid[user, c["rank"].to_numpy() - 1] = item
-    t0 = time.perf_counter()
-    topk = rank(model, data, k=10, chunk_size=int(cfg.eval.chunk_size), candidates=grid)
-    print(f"rerank_seconds {time.perf_counter() - t0:.2f}")
-    write_submission(out, topk, data, 10)
-
-
-def rerank_measured(work: Path, name: str, train_stdout: str, data_args: list[str], candidates: Path) -> dict:
-    """The re-ranking child, measured; the model is the checkpoint the training run printed."""
-    checkpoint = re.search(r"checkpoint: (\S+)", train_stdout).group(1)
-    out = work / "runs" / f"{name}-rerank" / "submission.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    m = run_measured([__file__, "--rerank", checkpoint, str(candidates), str(out),
-                      *data_args], REPO, work / "logs" / f"{name}-rerank.log")
-    m["seconds"] = float(re.search(r"rerank_seconds ([0-9.]+)", m["stdout"]).group(1))
-    m["submission"] = out
+def rerank_measured(work: Path, name: str, train_stdout: str, candidates: Path) -> dict:
+    """predict.py on the run that printed `train_stdout`, re-ranking `candidates` (another run's
+    candidates.csv) through score_items, measured; seconds = its ranking alone."""
+    run_id = re.search(r"mlflow run: (\w+)", train_stdout).group(1)
+    out = work / "runs" / f"{name}-rerank"
+    m = run_measured([str(REPO / "predict.py"), f"run_id={run_id}", f"candidates_from={candidates}",
+                      f"hydra.run.dir={out}", f"paths.cache_dir={work / 'cache'}",
+                      f"tracking.uri=sqlite:///{work / 'mlruns' / 'mlflow.db'}"], REPO, work / "logs" / f"{name}-rerank.log")
+    m["seconds"] = timings(m["stdout"])["predict_seconds"]
+    m["submission"] = out / "submission.csv"
     return m
 
 
@@ -91,7 +59,7 @@ def quality(work: Path, bench: Path, models: list[str], feature_sets: list[str],
             t = timings(r["stdout"])
             again = ""
             if m in DEEP:
-                rr = rerank_measured(work, name, r["stdout"], [], work / "runs" / "ease" / "candidates.csv")
+                rr = rerank_measured(work, name, r["stdout"], work / "runs" / "ease" / "candidates.csv")
                 again = f"{score(rr['submission'], bench):.4f}, {rr['seconds']:.1f} s"
             print(f"| {m} | {f} | {rec:.4f} | {TARGETS.get((m, f), '> 0.1097' if m in DEEP else '')} | "
                   f"{v['val']:.4f} | {v['best_epoch']} / {v['epochs']} | {t.get('fit_seconds', float('nan')):.1f} | "
@@ -119,17 +87,13 @@ def scale(work: Path, models: list[str], steps: int) -> None:
         t = timings(r["stdout"])
         again = ""
         if m in DEEP:
-            rr = rerank_measured(work, name, r["stdout"], [], work / "runs" / "ease" / "candidates.csv")
+            rr = rerank_measured(work, name, r["stdout"], work / "runs" / "ease" / "candidates.csv")
             again = f"{rr['seconds']:.1f}, {rr['rss_mb']:.0f}"
         print(f"| {m} | {t['fit_seconds']:.1f} | {t['predict_seconds']:.1f} | {r['wall']:.1f} | {r['rss_mb']:.0f} | "
               f"{again} |", flush=True)
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--rerank":
-        checkpoint, candidates, out, *data_args = sys.argv[2:]
-        rerank(Path(checkpoint), data_args, Path(candidates), Path(out))
-        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--scale", action="store_true")

@@ -376,6 +376,27 @@ def report(name: str, data: PreparedData, k: int, val_metrics: dict, metrics: di
     print("\n".join(lines), flush=True)
 
 
+def candidate_grid(cfg: DictConfig, data: PreparedData) -> np.ndarray:
+    """[n_users, C] dense item ids (-1: none) of `candidates_from`, another run's candidates.csv
+    (its MLflow run id, or the file's path), best first: the items a model re-ranks through
+    `score_items` instead of scoring the whole catalogue (a deep model over a cheap model's top-N)."""
+    from recmovie.ensemble import read_candidates
+    from recmovie.tracking import get_run, run_file
+
+    source = str(cfg.candidates_from)
+    if Path(source).is_file():
+        df = read_candidates(Path(source), data, 1 << 30, source)
+    else:
+        uri = resolve_tracking_uri(cfg.tracking.uri)
+        run = get_run(uri, source, key="candidates_from")
+        with run_file(uri, run, "candidates.csv", key="candidates_from") as path:
+            df = read_candidates(path, data, 1 << 30, f"run {source}")
+    rank_ = df["rank"].to_numpy(np.int64)
+    grid = np.full((data.n_users, int(rank_.max(initial=1))), -1, np.int64)
+    grid[df["user"].to_numpy(), rank_ - 1] = df["item"].to_numpy()
+    return grid
+
+
 def predict(cfg: DictConfig) -> Path:
     """Reload a trained model (MLflow run id or checkpoint path) and write a fresh submission."""
     from recmovie.config import check_value
@@ -411,8 +432,17 @@ def predict(cfg: DictConfig) -> Path:
         raise ConfigError("data_dir", "this model holds per-user parameters; the data's users differ from its own")
     out_dir = Path(cfg.paths.output_dir)
     item_filter = ranking_filter(train_cfg if cfg.get("filter") is None else cfg, data)  # null: the run's own
-    topk = rank(model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size), item_filter=item_filter)
+    grid = candidate_grid(cfg, data) if cfg.get("candidates_from") else None
+    # a shorter candidate list pads its ranking with -1: refused below, by the users it leaves short
+    depth = int(cfg.candidates.n) if grid is None else max(k, min(int(cfg.candidates.n), grid.shape[1]))
+    t0 = time.perf_counter()
+    topk = rank(model, data, k=depth, chunk_size=int(cfg.eval.chunk_size), candidates=grid, item_filter=item_filter)
+    seconds = {"predict_seconds": time.perf_counter() - t0}
+    if grid is not None and (short := np.flatnonzero((topk.items[:, :k] < 0).any(1))).size:
+        raise ConfigError("candidates_from", f"{cfg.candidates_from} leaves fewer than {k} unseen candidates for "
+                                             f"{len(short)} of {data.n_users} users (e.g. user "
+                                             f"{data.dataset.user_ids[short[0]]})")
     metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)
     write_outputs(out_dir, data, topk, k)
-    report(train_cfg.model.name, data, k, {}, metrics, {}, out_dir, cfg.run_id)
+    report(train_cfg.model.name, data, k, {}, metrics, seconds, out_dir, cfg.run_id)
     return out_dir / "submission.csv"

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from omegaconf import open_dict
 
+from recmovie.errors import ConfigError
 from recmovie.pipeline import predict, train
 from tests.conftest import make_config
 
@@ -57,6 +58,43 @@ def test_predict_reloads_the_run_and_reproduces_its_submission(small_config, tmp
     out = predict(pcfg)
     again = pd.read_csv(out)
     assert again["user"].nunique() == first["user"].nunique()
+
+
+def test_predict_re_ranks_another_runs_candidates(small_config, tmp_path):
+    cfg = small_config(["model=popularity", "candidates.n=20"])
+    train(cfg)
+    (cheap,) = _runs(cfg)
+    candidates = pd.read_csv(f"{cfg.paths.output_dir}/candidates.csv")
+    cfg = small_config(["model=itemknn"])
+    train(cfg)
+    knn = next(r for r in _runs(cfg) if r.info.run_id != cheap.info.run_id)
+
+    def predicted(source, out):
+        pcfg = make_config(tmp_path / out, [f"run_id={knn.info.run_id}", f"candidates_from={source}"],
+                           config_name="predict")
+        with open_dict(pcfg):
+            pcfg.tracking.uri = cfg.tracking.uri
+            pcfg.paths.cache_dir = cfg.paths.cache_dir
+        return pd.read_csv(predict(pcfg))
+
+    got = predicted(cheap.info.run_id, "p")
+    # every recommendation is one of the user's 20 popularity candidates, in the kNN's order: not
+    # popularity's own top 10 for every user
+    pairs = set(zip(candidates.user, candidates.item))
+    assert all((u, i) in pairs for u, i in zip(got.user, got.item))
+    top10 = candidates[candidates["rank"] <= 10]
+    assert set(zip(got.user, got.item)) != set(zip(top10.user, top10.item))
+    # the same from the file, and too few candidates or an unknown run are refused by key
+    pd.testing.assert_frame_equal(predicted(_write(candidates, tmp_path / "all.csv"), "f"), got)
+    with pytest.raises(ConfigError, match="candidates_from.*fewer than 10"):
+        predicted(_write(candidates[candidates["rank"] <= 5], tmp_path / "short.csv"), "s")
+    with pytest.raises(ConfigError, match="candidates_from"):
+        predicted("0123456789abcdef", "u")
+
+
+def _write(df: pd.DataFrame, path) -> str:
+    df.to_csv(path, index=False)
+    return str(path)
 
 
 def test_a_crash_marks_the_run_failed_with_its_traceback(small_config, monkeypatch):
