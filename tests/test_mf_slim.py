@@ -201,6 +201,30 @@ def test_zero_diagonal_solve(n_users):
     assert torch.allclose(op.ease_weights(), ease, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inverse_in_place(dtype):
+    """EASE's memory plan at ML-20M's size: the inverse overwrites the Gram matrix itself (no
+    second n x n matrix), comes back row-major and exactly symmetric, and equals numpy's; sizes
+    that are not a multiple of the pivot block, and one block alone."""
+    from recmovie.models.linear import inverse_in_place, regularised_inverse
+
+    a = np.random.default_rng(3).normal(size=(300, 70))
+    g = a.T @ a + 5.0 * np.eye(70)
+    want = np.linalg.inv(g)
+    for block in (16, 70, 128):
+        m = torch.tensor(g, dtype=dtype)
+        got = inverse_in_place(m, block=block)
+        assert got.data_ptr() == m.data_ptr() and got.is_contiguous()
+        assert torch.equal(got, got.T)
+        assert np.allclose(got.numpy(), want, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-7)
+    with pytest.raises(torch.linalg.LinAlgError):
+        inverse_in_place(torch.diag(torch.tensor([1.0, 2.0, -1.0, 3.0], dtype=dtype)), block=2)
+    x = sp.random(200, 60, density=0.2, random_state=4, format="csr", dtype=np.float64)
+    reg = np.linspace(1.0, 9.0, 60)  # per item, as EDLAE's
+    p = regularised_inverse(x, reg, torch.float64)
+    assert np.allclose(p.numpy(), np.linalg.inv(x.T.toarray() @ x.toarray() + np.diag(reg)), atol=1e-6)
+
+
 def test_edlae_closed_form(data):
     x = data.train_matrix.toarray().astype(np.float64)
     g = x.T @ x

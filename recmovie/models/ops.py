@@ -56,8 +56,14 @@ def gram(x: sp.csr_matrix, dtype=np.float32) -> np.ndarray:
     row_order = np.random.default_rng(0).permutation(n_items)
     _gram_upper(x.indptr.astype(np.int64), x.indices.astype(np.int64), x.data, pos.indptr.astype(np.int64),
                 pos.indices.astype(np.int64), col_pos, row_order, out)
-    _mirror_upper(out, 64)
+    mirror_upper(out)
     return out
+
+
+def mirror_upper(m: np.ndarray) -> np.ndarray:
+    """Copy a C-ordered square matrix's upper triangle onto its lower one, in place."""
+    _mirror_upper(m, 64)
+    return m
 
 
 TILE_WIDTH = 48  # columns per tile: 6 AVX registers of accumulators per user row
