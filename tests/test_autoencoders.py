@@ -188,6 +188,10 @@ def test_confidence_weights_change_what_the_model_trains_on(small_cfg):
     logits = model.score(b)
     assert float(reconstruction_loss("multinomial", logits, b.dense())) != pytest.approx(
         float(reconstruction_loss("multinomial", logits, a.dense())))
+    # every loss reads the batch's sparse rows as it reads their dense matrix
+    for loss in ("multinomial", "logistic", "gaussian"):
+        assert torch.allclose(reconstruction_loss(loss, logits, b), reconstruction_loss(loss, logits, b.dense()),
+                              rtol=1e-5)
 
 
 def test_checkpoint_round_trip_scores_the_same(small_cfg):

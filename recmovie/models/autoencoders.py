@@ -124,8 +124,8 @@ class AutoEncoder(LitRecommender):
 
     def training_step(self, batch: UserBatch, batch_idx: int) -> torch.Tensor:
         logits = self.decoder(self.encoder(batch, self.params.dropout))
-        loss = reconstruction_loss(self.params.loss, logits, batch.dense())
-        self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(batch))
+        loss = reconstruction_loss(self.params.loss, logits, batch)
+        self.log_train(len(batch), loss=loss)
         return loss
 
 
@@ -160,21 +160,17 @@ class VAE(AutoEncoder):
     def training_step(self, batch: UserBatch, batch_idx: int) -> torch.Tensor:
         p = self.params
         mu, logvar = self.posterior(batch, p.dropout)
-        rec = reconstruction_loss(p.loss, self.decoder(self.sample(mu, logvar)), batch.dense())
+        rec = reconstruction_loss(p.loss, self.decoder(self.sample(mu, logvar)), batch)
         kl = self.kl(mu, logvar)
         beta = kl_weight(self.global_step, p.beta, p.anneal_steps)
         loss = rec + beta * kl
-        self._log_terms(loss, kl, beta, len(batch))
+        self.log_train(len(batch), loss=loss, kl=kl, beta=beta)
         return loss
 
     @staticmethod
     def kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """KL(N(mu, e^logvar) || N(0, I)), summed over dimensions, averaged over users."""
         return 0.5 * (mu ** 2 + logvar.exp() - logvar - 1).sum(dim=1).mean()
-
-    def _log_terms(self, loss, kl, beta: float, n: int) -> None:
-        for key, value in (("loss", loss), ("kl", kl), ("beta", beta)):
-            self.log(f"train_{key}", value, on_epoch=True, on_step=False, batch_size=n)
 
 
 class RecVAE(VAE):
@@ -245,13 +241,13 @@ class RecVAE(VAE):
         self.toggle_optimizer(optimizer)
         mu, logvar = self.posterior(batch, p.dropout if encoder_phase else 0.0)
         z = self.sample(mu, logvar)
-        loss = reconstruction_loss(p.loss, self.decoder(z), batch.dense())
+        loss = reconstruction_loss(p.loss, self.decoder(z), batch)
         if encoder_phase:
             kl = (gaussian_log_density(z, mu, logvar) - self.log_prior(batch, z)).sum(dim=1)
             beta = kl_weight(self.global_step, p.beta, p.anneal_steps)
             weight = beta * p.gamma * batch.indptr.diff().to(z.dtype) if p.gamma > 0 else beta
             loss = loss + (kl * weight).mean()
-            self._log_terms(loss.detach(), kl.mean().detach(), beta, len(batch))
+            self.log_train(len(batch), loss=loss, kl=kl.mean(), beta=beta)
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()

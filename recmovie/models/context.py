@@ -157,7 +157,7 @@ class ContextRecommender(LitRecommender):
         item = {"item": batch.items[..., None], **batch.item_fields}
         s, sq = self.pair_scores(user, item)
         loss = pairwise_loss(self.params.loss, s[:, 0], s[:, 1:], batch.weight, self.n_items)
-        self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(batch))
+        self.log_train(len(batch), loss=loss)
         if self.params.reg:
             loss = loss + self.params.reg * sq / len(batch)
         return loss

@@ -58,9 +58,32 @@ class LitRecommender(Recommender, pl.LightningModule):
         self.eval_holdout = None  # the validation part, set by recmovie.training before fitting
         self._val_users: list[np.ndarray] = []
         self._val_items: list[np.ndarray] = []
+        self._train_sums: dict[str, torch.Tensor] = {}
+        self._train_rows = 0
 
     def configure_optimizers(self):
         return adam(self.parameters(), self.params.lr, self.params.weight_decay)
+
+    # -- training curves: epoch means of per-step values
+    def log_train(self, n: int, **values) -> None:
+        """Add a step's values (`loss=...`, weighted by the batch's `n` rows) to the epoch's means,
+        logged as train_<name> once, after the epoch's last batch. Lightning's own epoch mean
+        (`self.log(on_epoch=True)` every step) gives the same figures but costs a fraction of a
+        millisecond per value per step: about 7% of Multi-VAE's epoch at competition size."""
+        for key, value in values.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            self._train_sums[key] = self._train_sums.get(key, 0.0) + value * n
+        self._train_rows += n
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sums, self._train_rows = {}, 0
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        trainer = self.trainer
+        if self._train_rows and (trainer.is_last_batch or batch_idx + 1 >= trainer.num_training_batches):
+            for key, total in self._train_sums.items():
+                self.log(f"train_{key}", total / self._train_rows, on_epoch=True, on_step=False)
+            self._train_sums, self._train_rows = {}, 0
 
     # -- validation: the ranking engine's top-k, the competition metric at epoch end
     def validation_step(self, batch: UserBatch, batch_idx: int) -> None:

@@ -47,9 +47,19 @@ def _confidence(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return target, torch.where(x > 0, x, torch.ones_like(x))
 
 
-def reconstruction_loss(name: str, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def reconstruction_loss(name: str, logits: torch.Tensor, x) -> torch.Tensor:
+    """`x`: the dense [B, n_items] weights, or the UserBatch itself, whose sparse rows the
+    multinomial loss reads directly (it only needs the log-probabilities at the user's items: no
+    [B, n_items] target built, multiplied and summed every step)."""
+    from recmovie.data.batches import UserBatch
+
     if name == "multinomial":
-        return -(F.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
+        logp = F.log_softmax(logits, dim=1)
+        if isinstance(x, UserBatch):
+            return -(logp[x.row_ids(), x.indices] * x.values).sum() / len(x)
+        return -(logp * x).sum(dim=1).mean()
+    if isinstance(x, UserBatch):
+        x = x.dense()
     target, conf = _confidence(x)
     if name == "logistic":
         return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * conf).sum(dim=1).mean()

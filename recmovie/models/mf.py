@@ -50,7 +50,7 @@ class BPRMF(LitRecommender):
         pos = (u * p).sum(-1) + self.item_bias(batch.pos).squeeze(-1)
         neg = (u[:, None, :] * n).sum(-1) + self.item_bias(batch.neg).squeeze(-1)
         loss = pairwise_loss(self.params.loss, pos, neg, batch.weight, self.n_items)
-        self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(batch))
+        self.log_train(len(batch), loss=loss)
         if self.params.reg:
             # L2 on the vectors this batch touches (per pair), as in the BPR paper's SGD updates
             reg = u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum() / n.shape[1]

@@ -188,7 +188,7 @@ class SequentialRecommender(LitRecommender):
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> torch.Tensor:
         inputs, where, targets, weights = self.targets(batch)
         loss = self.sequence_loss(self.encode(inputs)[where], targets, weights)
-        self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(batch))
+        self.log_train(len(batch), loss=loss)
         return loss
 
 
