@@ -8,12 +8,22 @@
   scale:      Multi-VAE and RecVAE at the competition's size (synthetic data, split=none, a few
               epochs): seconds per epoch and peak RSS of the whole run.
 
-    python benchmarks/bench_autoencoders.py [--quality] [--confidence] [--scale] [--bench DIR] [--work DIR]
+  peer:       --peer PYTHON (an interpreter with RecBole installed, e.g. a venv of its own): the same
+              synthetic data written as RecBole atomic files, RecBole's MultiVAE and RecVAE (their
+              default configs, 2 epochs, no evaluation) alternated with ours (default configs, 2
+              epochs) for --rounds rounds; seconds per training epoch as each library reports it
+              (RecBole's log line, our epoch_seconds curve), medians and the ratio ours / RecBole.
+              RecBole is never imported by this repo: it runs in its own interpreter.
+
+    python benchmarks/bench_autoencoders.py [--quality] [--confidence] [--scale] [--peer PYTHON]
+                                            [--rounds 3] [--bench DIR] [--work DIR]
 """
 from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from common import BENCH, REPO, median, run_measured, score, timings
@@ -92,17 +102,84 @@ def scale(work: Path, epochs: dict[str, int]) -> None:
         print(f"| {m} | {n} | {median(secs):.1f} | {secs[0]:.1f} | {r['rss_mb']:.0f} | {r['wall']:.1f} |", flush=True)
 
 
+RECBOLE_MODELS = {"multivae": "MultiVAE", "recvae": "RecVAE"}
+# RecBole's own runner, in its interpreter: argv = data folder, model, epochs; its trainer's fit
+# without validation data (no evaluation, no checkpoint), every default of the model kept
+_RECBOLE_RUN = """
+import sys
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model, get_trainer, init_logger, init_seed
+path, name, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+config = Config(model=name, dataset="synthetic", config_dict={
+    "data_path": path, "epochs": epochs, "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+    "train_neg_sample_args": None, "eval_args": {"split": {"RS": [0.98, 0.01, 0.01]}, "order": "RO",
+    "group_by": "user", "mode": "full"}, "show_progress": False, "save_dataset": False,
+    "save_dataloaders": False, "use_gpu": False, "checkpoint_dir": path + "/saved", "seed": 0})
+init_seed(config["seed"], config["reproducibility"])
+init_logger(config)
+train_data, _, _ = data_preparation(config, create_dataset(config))
+model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+get_trainer(config["MODEL_TYPE"], config["model"])(config, model).fit(train_data, None, saved=False)
+"""
+
+
+def peer(work: Path, python: str, rounds: int) -> None:
+    """Ours against RecBole on the same competition-size synthetic data, alternated."""
+    sys.path.insert(0, str(REPO))
+    from recmovie.data.synthetic import generate_synthetic
+
+    folder = work / "recbole" / "synthetic"
+    inter = folder / "synthetic.inter"
+    if not inter.exists():
+        import pandas as pd
+
+        ds = generate_synthetic()  # conf/data/synthetic.yaml's defaults: the data our runs use
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"user_id:token": ds.user_ids[ds.user], "item_id:token": ds.item_ids[ds.item],
+                      "timestamp:float": ds.time}).to_csv(inter, sep="\t", index=False)
+
+    def ours_args(m: str, r: int) -> list[str]:
+        return [str(REPO / "train.py"), "data=synthetic", "split=none", "split@validation=none", "tune=false",
+                f"model={m}", "model.max_epochs=2", f"hydra.run.dir={work / 'runs' / f'{m}-peer-{r}'}",
+                f"paths.cache_dir={work / 'cache'}", f"tracking.uri=sqlite:///{work / 'mlruns' / 'mlflow.db'}"]
+
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        for m, theirs in RECBOLE_MODELS.items():
+            out = run_measured(ours_args(m, r), REPO, work / "logs" / f"{m}-peer-{r}.log")
+            times.setdefault((m, "ours"), []).extend(run_curves(work, out["stdout"])["epoch_seconds"])
+            p = subprocess.run([python, "-c", _RECBOLE_RUN, str(folder.parent), theirs, "2"], cwd=work,
+                               capture_output=True, text=True)
+            (work / "logs" / f"{m}-recbole-{r}.log").write_text(p.stdout + p.stderr)
+            secs = [float(x) for x in re.findall(r"epoch \d+ training \[time: ([0-9.]+)s", p.stdout + p.stderr)]
+            if p.returncode != 0 or not secs:
+                raise RuntimeError(f"RecBole {theirs} failed, see {work / 'logs' / f'{m}-recbole-{r}.log'}")
+            times.setdefault((m, "recbole"), []).extend(secs)
+            print(f"round {r + 1}: {m} ours {times[(m, 'ours')][-2:]} s, RecBole {secs} s", flush=True)
+    print(f"\n## competition size (synthetic), seconds per training epoch, {rounds} alternating rounds of 2 epochs\n")
+    print("| model | ours (median) | RecBole (median) | ours / RecBole |\n|---|---|---|---|")
+    for m in RECBOLE_MODELS:
+        a, b = median(times[(m, "ours")]), median(times[(m, "recbole")])
+        print(f"| {m} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--confidence", action="store_true")
     ap.add_argument("--scale", action="store_true")
+    ap.add_argument("--peer", default=None, help="python interpreter with RecBole installed: epoch times side by side")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--best", default=None, help="model(s) for the confidence table, comma-separated "
                                                  "(default: the best of --quality)")
     ap.add_argument("--bench", type=Path, default=BENCH)
     ap.add_argument("--work", type=Path, default=Path("/tmp/recmovie-bench-ae"))
     a = ap.parse_args()
+    if a.peer:
+        peer(a.work, a.peer, a.rounds)
+        return
     every = not (a.quality or a.confidence or a.scale)
     best = a.best
     if a.quality or every:
