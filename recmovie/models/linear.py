@@ -54,7 +54,7 @@ def regularised_inverse(x, reg: float | np.ndarray, dtype: torch.dtype = torch.f
         del xs, k
         p.diagonal().add_(1.0)
         return p.mul_(scale[:, None]).mul_(scale[None, :])
-    g = torch.from_numpy(gram(x)).to(dtype)  # float64: the float32 Gram is freed here
+    g = torch.from_numpy(gram(x)).to(dtype)  # float32: the Gram itself; float64: a copy, the float32 one freed
     g.diagonal().add_(reg)
     return inverse_in_place(g)
 

@@ -32,8 +32,12 @@ the target's confidence weight where given).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from recmovie.data.batches import UserBatch
 
 RECONSTRUCTION = ("multinomial", "logistic", "gaussian")
 PAIRWISE = ("bpr", "bce", "sampled_softmax")
@@ -51,8 +55,6 @@ def reconstruction_loss(name: str, logits: torch.Tensor, x) -> torch.Tensor:
     """`x`: the dense [B, n_items] weights, or the UserBatch itself, whose sparse rows the
     multinomial loss reads directly (it only needs the log-probabilities at the user's items: no
     [B, n_items] target built, multiplied and summed every step)."""
-    from recmovie.data.batches import UserBatch
-
     if name == "multinomial":
         logp = F.log_softmax(logits, dim=1)
         if isinstance(x, UserBatch):
@@ -93,8 +95,6 @@ def pairwise_loss(name: str, pos: torch.Tensor, neg: torch.Tensor, weight: torch
     elif name == "bce":
         per = F.softplus(-pos) + F.softplus(neg).mean(dim=1)
     elif name == "sampled_softmax":
-        import math
-
         shift = math.log(max(1, n_items - 1) / neg.shape[1])
         per = -torch.log_softmax(torch.cat([pos[:, None], neg + shift], 1), 1)[:, 0]
     else:
@@ -166,8 +166,6 @@ def bpr_max(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, negativ
 
 def sampled_softmax(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
                     n_items: int, weights: torch.Tensor | None = None) -> torch.Tensor:
-    import math
-
     pos, neg, same = _shared_negatives(h, table, targets, negatives)
     # uniform sampling of k of the n - 1 other items: each negative stands for (n - 1) / k items
     neg = neg + math.log(max(1, n_items - 1) / max(1, negatives.numel()))
