@@ -3,7 +3,7 @@
     python ensemble.py runs=[<run id>,<run id>,...] method=rank_vote top_n=30
     python ensemble.py runs=[...] method=rrf weights={ease:2,itemknn:1}
     python ensemble.py query.experiment=competition query.split=competition search.method=grid
-Methods: rank_vote | rrf | score_blend (recmovie/ensemble.py). Members must share data and split.
+Methods: rank_vote | rrf | score_blend | rerank (recmovie/ensemble/). Members must share data and split.
 """
 import sys
 
@@ -16,7 +16,7 @@ from recmovie.config import CONF_DIR
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ensemble")
 def main(cfg: DictConfig) -> float | None:
-    from recmovie.ensemble import run_ensemble
+    from recmovie.ensemble.command import run_ensemble
 
     return run_cli(run_ensemble, cfg)
 

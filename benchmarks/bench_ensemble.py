@@ -84,7 +84,7 @@ def main() -> None:
         args.members = [m for m in DEFAULT_MEMBERS if (REPO / "conf/model" / f"{m.split()[0]}.yaml").exists()]
         print("members:", args.members, flush=True)
 
-    from recmovie.ensemble import run_ensemble
+    from recmovie.ensemble.command import run_ensemble
     from recmovie.pipeline import train
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-ensemble-"))

@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("rerank", nargs="*", help="extra ensemble.py overrides for the re-ranker (e.g. rerank.params.num_leaves=15)")
     args = p.parse_args()
 
-    from recmovie.ensemble import run_ensemble
+    from recmovie.ensemble.command import run_ensemble
     from recmovie.pipeline import train
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-rerank-"))

@@ -56,6 +56,17 @@ def check_value(cfg: DictConfig, key: str, kind: type, minimum: float | None = N
     return value
 
 
+def check_ranking_config(cfg: DictConfig) -> tuple[int, int]:
+    """`eval.k` (list length scored and submitted) and `candidates.n` (depth of candidates.csv,
+    >= k); `eval.chunk_size` where the command has it. Returns (k, n)."""
+    k = check_value(cfg, "eval.k", int, 1)
+    check_value(cfg, "eval.chunk_size", int, 1)
+    n = check_value(cfg, "candidates.n", int, 1)
+    if n < k:
+        raise ConfigError("candidates.n", f"must be >= eval.k ({k}), got {n}")
+    return k, n
+
+
 # top-level values read as numbers or flags somewhere in the run (the groups check their own)
 RUN_VALUES = [
     ("seed", int, None, False), ("split.seed", int, None, False), ("validation.seed", int, None, False),
@@ -72,11 +83,7 @@ def check_run_config(cfg: DictConfig) -> None:
 
     for key, kind, minimum, optional in RUN_VALUES:
         check_value(cfg, key, kind, minimum, optional)
-    k = check_value(cfg, "eval.k", int, 1)
-    check_value(cfg, "eval.chunk_size", int, 1)
-    n = check_value(cfg, "candidates.n", int, 1)
-    if n < k:
-        raise ConfigError("candidates.n", f"must be >= eval.k ({k}), got {n}")
+    check_ranking_config(cfg)
     check_data_config(cfg.data)
     _check_split(cfg.split, "split")
     _check_split(cfg.validation, "validation")

@@ -60,3 +60,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_csv(path: Path, columns: dict) -> None:
+    """Columns of equal length as a CSV with a header, written atomically (pyarrow: fast at 5M rows)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write((",".join(columns) + "\n").encode())
+            pcsv.write_csv(pa.table(columns), f, write_options=pcsv.WriteOptions(include_header=False, quoting_style="none"))

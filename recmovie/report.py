@@ -19,9 +19,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from recmovie.config import CONF_DIR
-from recmovie.ensemble import PER_MODEL, model_of, search_experiment, select_runs
 from recmovie.errors import ConfigError
 from recmovie.io import atomic_path
+from recmovie.runs import PER_MODEL, model_of, search_experiment, select_runs
 from recmovie.tracking import resolve_tracking_uri, setup_mlflow, start_run
 
 HIDDEN_PARTS = ("all", "last", "random")

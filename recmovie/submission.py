@@ -1,4 +1,6 @@
-"""Output files: the top-N candidates (for ensembling) and the checked competition submission."""
+"""The competition submission: checked (every user, k unseen distinct items) before it is written.
+
+The other output, the ranked candidates that ensembles and re-rankers read, is recmovie/candidates.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +11,7 @@ import scipy.sparse as sp
 from recmovie.data.prepare import PreparedData
 from recmovie.errors import RecmovieError
 from recmovie.evaluation.ranking import TopK
-from recmovie.io import atomic_path
-
-CANDIDATE_COLUMNS = ("user", "item", "score", "rank")
-
+from recmovie.io import write_csv
 
 class SubmissionError(RecmovieError, ValueError):
     """The ranked lists cannot make a valid submission."""
@@ -61,16 +60,6 @@ def check_submission(topk: TopK, data: PreparedData, k: int = 10) -> None:
         raise SubmissionError(f"{seen} recommended item(s) are in the user's training history")
 
 
-def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write((",".join(columns) + "\n").encode())
-            pcsv.write_csv(pa.table(columns), f, write_options=pcsv.WriteOptions(include_header=False, quoting_style="none"))
-
-
 def write_submission(path: str | Path, topk: TopK, data: PreparedData, k: int = 10) -> Path:
     """`user,item` with raw ids, k rows per user in rank order; checked before it is written."""
     check_submission(topk, data, k)
@@ -78,19 +67,5 @@ def write_submission(path: str | Path, topk: TopK, data: PreparedData, k: int = 
     users = np.repeat(data.dataset.user_ids[topk.users[order]], k)
     items = data.dataset.item_ids[topk.items[order, :k]].ravel()
     path = Path(path)
-    _write_csv(path, {"user": users, "item": items})
-    return path
-
-
-def write_candidates(path: str | Path, topk: TopK, data: PreparedData) -> Path:
-    """`user,item,score,rank` (raw ids, rank from 1) for every ranked user: what ensembles read."""
-    n, depth = topk.items.shape
-    finite = np.isfinite(topk.scores)
-    path = Path(path)
-    _write_csv(path, {
-        "user": np.repeat(data.dataset.user_ids[topk.users], depth)[finite.ravel()],
-        "item": data.dataset.item_ids[topk.items].ravel()[finite.ravel()],
-        "score": topk.scores.ravel()[finite.ravel()],
-        "rank": np.tile(np.arange(1, depth + 1), n)[finite.ravel()],
-    })
+    write_csv(path, {"user": users, "item": items})
     return path

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.metadata
 import logging
 import os
-import platform
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -26,10 +21,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from recmovie.errors import TrackingError
+from recmovie.provenance import environment_tags, environment_text, git_state, process_gone, process_tags
 
 log = logging.getLogger(__name__)
-
-SOURCE_DIR = Path(__file__).resolve().parent.parent
 
 
 def resolve_tracking_uri(configured: str) -> str:
@@ -98,27 +92,6 @@ def get_experiment_id(client, name: str, uri: str) -> str:
         return exp.experiment_id
 
 
-def git_state(repo: Path = SOURCE_DIR) -> dict[str, str]:
-    """Commit, branch and dirty flag of the code's git checkout, and the diff when dirty."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20,
-                              check=True).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "branch": "", "dirty": "unknown", "diff": ""}
-    status = git("status", "--porcelain", "--untracked-files=normal")
-    diff = ""
-    if status.strip():
-        diff = git("diff", "HEAD", "--binary")
-        untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
-        if untracked:
-            diff += "\n# untracked files (not in the diff):\n" + "\n".join(f"#   {u}" for u in untracked) + "\n"
-    branch = git("rev-parse", "--abbrev-ref", "HEAD").strip()
-    return {"commit": commit, "branch": branch, "dirty": str(bool(status.strip())).lower(), "diff": diff}
-
-
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     """Nested config -> {"model.l2": "500", ...} (lists kept as their string form)."""
     out: dict[str, str] = {}
@@ -148,30 +121,6 @@ def run_name(model_name: str, overrides: list[str]) -> str:
         parts.append(override.removeprefix("model."))
     name = " ".join(parts)
     return name if len(name) <= MAX_RUN_NAME else name[: MAX_RUN_NAME - 3] + "..."
-
-
-def _version(*distributions: str) -> str:
-    """The installed version of the first of `distributions` found (read without importing it)."""
-    for d in distributions:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            return importlib.metadata.version(d)
-    return "not installed"
-
-
-def environment_tags() -> dict[str, str]:
-    return {"python_version": platform.python_version(), "torch_version": _version("torch"),
-            "lightning_version": _version("pytorch-lightning", "lightning"), "mlflow_version": _version("mlflow")}
-
-
-def environment_text() -> str:
-    """Python, platform and every installed distribution as name==version: what to install to rerun."""
-    names = {}
-    for d in importlib.metadata.distributions():
-        name = d.metadata["Name"]
-        if name:  # a broken install can leave a distribution without metadata
-            names.setdefault(name.lower(), f"{name}=={d.version}")
-    return (f"python {sys.version.splitlines()[0]}\nexecutable {sys.executable}\nplatform {platform.platform()}\n\n"
-            + "".join(f"{line}\n" for _, line in sorted(names.items())))
 
 
 class Run:
@@ -308,37 +257,6 @@ def _quiet_store() -> Iterator[None]:
         store_log.setLevel(level)
 
 
-# ------------------------------------------------------------------ runs whose process is gone
-def _start_ticks(pid: int) -> str:
-    """When process `pid` started (clock ticks since boot, Linux), '' where unknown: with the pid,
-    it tells a run's own process from a later one that reuses its pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
-def process_tags() -> dict[str, str]:
-    """Where the run's process lives: read back by `mark_stale_runs`."""
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": _start_ticks(pid)}
-
-
-def process_gone(tags: dict[str, str]) -> bool:
-    """Whether the process a run's tags name (on this host) no longer exists."""
-    if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
-        return False  # another machine's, or a run of an older version: cannot tell
-    pid = int(tags["pid"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        pass  # exists, another user's
-    return bool(tags.get("pid_start")) and _start_ticks(pid) != tags["pid_start"]
-
-
 def mark_stale_runs(client, own_run_id: str | None = None) -> list[str]:
     """Mark KILLED the RUNNING runs of this host whose process is gone (kill -9, a crash of the
     machine, a closed terminal): MLflow would show them running forever. Returns their ids."""
@@ -436,57 +354,3 @@ def start_run(
         run._client.set_terminated(run._run_id, status="FINISHED")
     finally:
         executor.shutdown(wait=True)
-
-
-def get_run(uri: str, run_id: str, key: str = "run_id", finished: bool = True):
-    """The MLflow run `run_id`; a ConfigError naming `key` when it does not exist or (with
-    `finished`) did not finish: a FAILED or KILLED run has no complete outputs."""
-    from recmovie.errors import ConfigError
-
-    db = _sqlite_path(uri)
-    if db is not None and not db.is_file():  # looking a run up must not create an empty store
-        raise ConfigError(key, f"no MLflow run {run_id!r}: there is no store at {uri}")
-    client = setup_mlflow(uri).MlflowClient(uri)
-    try:
-        with _quiet_store():
-            run = client.get_run(str(run_id))
-    except Exception as e:
-        raise ConfigError(key, f"no MLflow run {run_id!r} in {uri} ({_problem(e)})") from None
-    if finished and run.info.status != "FINISHED":
-        error = run.data.tags.get("error")
-        raise ConfigError(key, f"run {run_id} is {run.info.status}, not FINISHED" + (f" ({error[:200]})" if error else ""))
-    return run
-
-
-@contextlib.contextmanager
-def run_file(uri: str, run: Any, artifact: str, key: str = "run_id") -> Iterator[Path]:
-    """A local path of a run's artifact while the block runs: the file itself when the artifact
-    store is on this machine, else a copy in a temporary folder removed afterwards."""
-    from urllib.parse import unquote
-
-    from recmovie.errors import ConfigError
-
-    parsed = urlparse(run.info.artifact_uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(unquote(parsed.path)) / artifact
-        if not path.is_file():
-            raise ConfigError(key, f"run {run.info.run_id} has no artifact {artifact}")
-        yield path
-        return
-    mlflow = setup_mlflow(uri)
-    with tempfile.TemporaryDirectory(prefix="recmovie-") as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact, dst_path=tmp)
-        except Exception as e:
-            raise ConfigError(key, f"run {run.info.run_id}: cannot fetch {artifact} ({_problem(e)})") from None
-        yield Path(path)
-
-
-def download_run_file(uri: str, run_id: str, artifact: str, dst: str | Path) -> Path:
-    """Copy a run's artifact into the folder `dst`; its path there."""
-    mlflow = setup_mlflow(uri)
-    try:
-        mlflow.get_run(run_id)
-    except Exception as e:
-        raise LookupError(f"MLflow run {run_id!r} not found in {uri}: {e}") from None
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))

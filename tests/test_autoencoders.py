@@ -22,12 +22,13 @@ from recmovie.data.prepare import PreparedData
 from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import rank
-from recmovie.models.autoencoders import VAE, AutoEncoder, RecVAE, gaussian_log_density, kl_weight
-from recmovie.models.base import Recommender, build_model
+from recmovie.models.autoencoders import gaussian_log_density, kl_weight
+from recmovie.models.base import Recommender, build_model, model_from_yaml
 from recmovie.models.baselines import Popularity
 from recmovie.training import fit_lightning
 from recmovie.models.losses import reconstruction_loss
-from recmovie.pipeline import fit_model, load_data, train
+from recmovie.data.prepare import load_run_data as load_data
+from recmovie.pipeline import train
 from recmovie.schema import Schema
 from tests.conftest import REPO, make_config
 
@@ -133,7 +134,7 @@ def test_the_kl_schedule_is_followed_and_logged_per_epoch(small_cfg):
 
 def test_vae_kl_term_and_log_density_match_torch_distributions(small_cfg):
     data = load_data(small_cfg())
-    model = VAE(hidden=[8], latent=4)
+    model = model_from_yaml("vae", hidden=[8], latent=4)
     model.build(Schema.from_data(data))
     with torch.no_grad():
         mu, logvar = model.posterior(data.user_batch(np.arange(5)), 0.0)
@@ -146,7 +147,7 @@ def test_vae_kl_term_and_log_density_match_torch_distributions(small_cfg):
 
 def test_composite_prior_is_the_weighted_mixture(small_cfg):
     data = load_data(small_cfg())
-    model = RecVAE(hidden=16, layers=2, latent=3, prior_weights=[0.2, 0.5, 0.3])
+    model = model_from_yaml("recvae", hidden=16, layers=2, latent=3, prior_weights=[0.2, 0.5, 0.3])
     model.build(Schema.from_data(data))
     batch = data.user_batch(np.arange(4))
     z = torch.randn(4, 3)
@@ -159,7 +160,7 @@ def test_composite_prior_is_the_weighted_mixture(small_cfg):
 
 def test_sparse_input_layer_equals_the_dense_product(small_cfg):
     data = load_data(small_cfg(["confidence=time"]))
-    model = AutoEncoder(hidden=[], latent=6, dropout=0.5)
+    model = model_from_yaml("dae", hidden=[], latent=6, dropout=0.5)
     model.build(Schema.from_data(data))
     batch = data.user_batch(np.arange(30))
     x = batch.dense()
@@ -180,7 +181,7 @@ def test_confidence_weights_change_what_the_model_trains_on(small_cfg):
     users = np.arange(40)
     a, b = plain.user_batch(users), timed.user_batch(users)
     assert torch.equal(a.indices, b.indices) and not torch.allclose(a.values, b.values)
-    model = VAE(hidden=[16], latent=8)
+    model = model_from_yaml("vae", hidden=[16], latent=8)
     model.build(Schema.from_data(plain))
     model.eval()  # no noise: the only difference is the weights
     assert not torch.allclose(model.score(a), model.score(b))
@@ -197,8 +198,8 @@ def test_confidence_weights_change_what_the_model_trains_on(small_cfg):
 def test_checkpoint_round_trip_scores_the_same(small_cfg):
     data = load_data(small_cfg())
     batch = data.user_batch(np.arange(20))
-    for model in (AutoEncoder(hidden=[12], latent=5), VAE(hidden=[12], latent=5, loss="gaussian"),
-                  RecVAE(hidden=12, layers=3, latent=5)):
+    for model in (model_from_yaml("ae", hidden=[12], latent=5), model_from_yaml("vae", hidden=[12], latent=5, loss="gaussian"),
+                  model_from_yaml("recvae", hidden=12, layers=3, latent=5)):
         model.build(Schema.from_data(data))
         model.eval()
         again = Recommender.from_checkpoint(model.checkpoint())
@@ -228,7 +229,8 @@ def test_every_loss_is_switchable_on_every_model(small_cfg):
 # ------------------------------------------------------------------ RecVAE's alternating updates
 def test_recvae_alternates_encoder_and_decoder_passes(small_cfg):
     data = load_data(small_cfg(["split=none"]))
-    model = RecVAE(hidden=16, layers=2, latent=4, enc_passes=2, dec_passes=1, batch_size=200, max_epochs=1)
+    model = model_from_yaml("recvae", hidden=16, layers=2, latent=4, enc_passes=2, dec_passes=1, batch_size=200,
+                            max_epochs=1)
     model.build(Schema.from_data(data))
     snapshots = []
 

@@ -80,6 +80,6 @@ def test_loss_on_a_model_without_one_is_refused(tmp_path):
 def test_bad_config_fails_before_data_is_read(small_config, monkeypatch):
     from recmovie import pipeline
 
-    monkeypatch.setattr(pipeline, "load_data", lambda cfg: pytest.fail("data was read"))
+    monkeypatch.setattr(pipeline, "load_run_data", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(ConfigError):
         pipeline.train(small_config(["model=itemknn", "model.shrink=-1"]))

@@ -100,7 +100,7 @@ def test_a_feature_set_that_needs_a_missing_side_file_stops_before_any_work(tmp_
 
 def test_a_model_without_features_refuses_a_feature_set():
     spec = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "ease.yaml"))
-    assert build_model(spec, features=features("ids")).name == "ease"
+    assert build_model(spec, features=features("ids")).params == {"l2": 500.0, "dtype": "float32"}
     with pytest.raises(ConfigError, match="ease reads no side features"):
         build_model(spec, features=features("ids_genre"))
     fm = build_model(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "fm.yaml")), loss="bce",

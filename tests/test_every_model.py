@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_model_meets_the_contract(tiny, tmp_path, name):
-    from recmovie.pipeline import fit_model
+    from recmovie.selection import fit_model
     from recmovie.tracking import Run
 
     cfg, data = tiny

@@ -16,11 +16,11 @@ from recmovie.data.views import pairs
 from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import rank
-from recmovie.models.base import Recommender, build_model
+from recmovie.models.base import Recommender, build_model, model_from_yaml
 from recmovie.models.baselines import Popularity
 from recmovie.training import fit_lightning
 from recmovie.models.linear import ADMMSLIM, EASE, EDLAE
-from recmovie.models.mf import ALS, BPRMF
+from recmovie.models.mf import ALS
 from recmovie.models.neighbourhood import ItemKNN, UserKNN
 from recmovie.pipeline import train
 from tests.conftest import make_config
@@ -70,7 +70,7 @@ def test_closed_form_models_beat_popularity(data, make, popularity_recall):
 
 
 def test_bpr_mf_beats_popularity_and_keeps_its_best_epoch(data, popularity_recall, tmp_path):
-    model = BPRMF(batch_size=2048, max_epochs=8, patience=3, lr=0.03)
+    model = model_from_yaml("bpr_mf", batch_size=2048, max_epochs=8, patience=3, lr=0.03)
     model.build(Schema.from_data(data))
     cfg = make_config(tmp_path, ["seed=0", "eval.chunk_size=128"])
     result = fit_lightning(model, data, data, cfg)

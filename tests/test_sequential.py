@@ -15,7 +15,7 @@ from recmovie.data.views import VIEWS, left_padded, sequence_batch
 from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import rank
-from recmovie.models.base import build_model
+from recmovie.models.base import build_model, model_from_yaml
 from recmovie.models.baselines import Popularity
 from recmovie.models.losses import bpr_max, full_softmax_ce, gbce_beta, sampled_bce, sampled_softmax
 from recmovie.models.sequential import BERT4Rec, GRU4Rec, SASRec
@@ -191,7 +191,7 @@ def test_bert4rec_masks_at_least_one_item_per_sequence():
 @pytest.mark.parametrize("key, value", [("max_len", 1), ("heads", 3), ("loss", "multinomial"), ("negatives", 0)])
 def test_bad_hyper_parameters_are_refused_by_name(key, value):
     with pytest.raises(ConfigError, match=f"model.{key}"):
-        SASRec(**{"dim": 64, key: value})
+        model_from_yaml("sasrec", **{key: value})
 
 
 # ------------------------------------------------------------------ learning
@@ -213,7 +213,7 @@ def test_each_model_learns(small_cfg, name, loss):
     """A few epochs on the small synthetic data: far above a random ranking, near popularity.
     (Popularity is strong on this data and a few epochs do not reliably beat it; on the ml-100k
     benchmark the sequential models do, see benchmarks/bench_sequential.py.)"""
-    from recmovie.pipeline import load_data
+    from recmovie.data.prepare import load_run_data as load_data
 
     cfg = small_cfg([f"model={name}", f"model.loss={loss}", "model.max_len=50", "model.batch_size=32",
                      "model.max_epochs=5", "model.patience=3", "model.lr=0.005", "model.dropout=0.2"])

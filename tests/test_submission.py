@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from recmovie.data.prepare import prepare_data
 from recmovie.evaluation.ranking import TopK, rank
 from recmovie.models.baselines import Popularity
-from recmovie.submission import SubmissionError, write_candidates, write_submission
+from recmovie.candidates import write_candidates
+from recmovie.submission import SubmissionError, write_submission
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import rank
 from recmovie.models.base import build_model
-from recmovie.pipeline import load_data
+from recmovie.data.prepare import load_run_data as load_data
 from recmovie.schema import Schema
 from recmovie.training import build_trainer, fit_lightning, trainer_arguments
 from tests.conftest import REPO, make_config
@@ -72,7 +72,7 @@ def test_early_stopping_says_when_and_why_it_stopped(small_cfg, caplog):
 @pytest.mark.parametrize("select_on,metric", [("all", "val_recall_at_10"), ("last", "val_recall_at_10_last"),
                                               ("random", "val_recall_at_10_random")])
 def test_callbacks_watch_the_part_the_model_selects_on(small_cfg, select_on, metric):
-    cfg = small_cfg([f"+model.select_on={select_on}", "trainer.max_epochs=2"])
+    cfg = small_cfg([f"model.select_on={select_on}", "trainer.max_epochs=2"])
     data = load_data(cfg).fit_part()
     model = _model(cfg, data)
     model.eval_k = 10
@@ -86,7 +86,7 @@ def test_callbacks_watch_the_part_the_model_selects_on(small_cfg, select_on, met
 
 def test_an_unknown_selection_part_is_refused_by_key(small_cfg):
     with pytest.raises(ConfigError, match="model.select_on"):
-        _model(small_cfg(["+model.select_on=first"]), None)
+        _model(small_cfg(["model.select_on=first"]), None)
 
 
 def test_without_callbacks_training_runs_its_epochs(small_cfg):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from recmovie.data.batches import FieldBatch, PairBatch
 from recmovie.data.dataset import SIDE_FILES, Dataset
@@ -138,6 +139,13 @@ def resolve_features(features_cfg, data_cfg) -> dict | None:
             log.warning("features=%s: %s has no %s, field %r left out", fs.name, where, SIDE_FILES[side], field)
             keep[key].remove(field)
     return {**fs.to_dict(), **keep}
+
+
+def run_features(cfg) -> dict | None:
+    """A run config's `features` group resolved against its data config (resolve_features), as
+    the model's `features` argument; None when the run has no features group."""
+    features = cfg.get("features")
+    return None if features is None else resolve_features(OmegaConf.to_container(features, resolve=True), cfg.data)
 
 
 def check_side_data(fs: FeatureSet, ds: Dataset) -> None:

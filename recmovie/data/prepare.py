@@ -228,6 +228,21 @@ def _fits(prep: dict, ds: Dataset) -> bool:
             and len(prep["weight"]) == int(mask.sum()))
 
 
+def _split_and_weigh(ds: Dataset, split_cfg, validation_cfg, confidence_cfg) -> dict[str, np.ndarray]:
+    """The test split, the validation carve and the confidence weights, as the cache stores them."""
+    train_mask, holdout = make_split(ds, split_cfg)
+    val_mask, validation = carve_validation(ds, train_mask, validation_cfg)
+    genre = ds.side.get("genre")
+    weight = confidence_weights(
+        ds.user[train_mask], ds.item[train_mask], ds.n_users, ds.n_items,
+        None if genre is None else genre.matrix(ds.n_items), confidence_cfg,
+    )
+    return {"train_mask": train_mask, "weight": weight,
+            "hidden_user": holdout.user, "hidden_item": holdout.item, "hidden_part": holdout.part,
+            "val_mask": val_mask, "val_user": validation.user, "val_item": validation.item,
+            "val_part": validation.part}
+
+
 def prepare_data(data_cfg, split_cfg, confidence_cfg, cache_dir: str | Path | None,
                  validation_cfg=None) -> PreparedData:
     """Read (or load from cache) the dataset, split it, carve the validation part out of the
@@ -254,33 +269,28 @@ def prepare_data(data_cfg, split_cfg, confidence_cfg, cache_dir: str | Path | No
             save_arrays(cache_dir, ds_key, ds.to_arrays())
     else:
         info["cache"] = "dataset"
-
     prep = load_arrays(cache_dir, prep_key, PREPARED_KEYS) if cache_dir is not None else None
     if prep is not None and not _fits(prep, ds):
         log.warning("cache entry %s/%s.npz does not fit its dataset; rebuilding it", cache_dir, prep_key)
         prep = None
     if prep is None:
-        train_mask, holdout = make_split(ds, split_cfg)
-        val_mask, validation = carve_validation(ds, train_mask, validation_cfg)
-        genre = ds.side.get("genre")
-        weight = confidence_weights(
-            ds.user[train_mask], ds.item[train_mask], ds.n_users, ds.n_items,
-            None if genre is None else genre.matrix(ds.n_items), confidence_cfg,
-        )
+        prep = _split_and_weigh(ds, split_cfg, validation_cfg, confidence_cfg)
         if cache_dir is not None:
-            save_arrays(cache_dir, prep_key, {
-                "train_mask": train_mask, "weight": weight,
-                "hidden_user": holdout.user, "hidden_item": holdout.item, "hidden_part": holdout.part,
-                "val_mask": val_mask, "val_user": validation.user, "val_item": validation.item,
-                "val_part": validation.part,
-            })
+            save_arrays(cache_dir, prep_key, prep)
     else:
-        train_mask, weight = prep["train_mask"], prep["weight"]
-        holdout = Holdout(prep["hidden_user"], prep["hidden_item"], prep["hidden_part"])
-        val_mask = prep["val_mask"]
-        validation = Holdout(prep["val_user"], prep["val_item"], prep["val_part"])
         info["cache"] = "prepared"
+    train_mask, weight, val_mask = prep["train_mask"], prep["weight"], prep["val_mask"]
+    holdout = Holdout(prep["hidden_user"], prep["hidden_item"], prep["hidden_part"])
+    validation = Holdout(prep["val_user"], prep["val_item"], prep["val_part"])
     info["seconds"] = round(time.perf_counter() - t0, 3)
     data = PreparedData(ds, train_mask, weight, holdout, fingerprint, info, val_mask, validation)
     log.info("data ready in %.2fs (cache: %s): %s", info["seconds"], info["cache"], data.summary())
     return data
+
+
+def load_run_data(cfg, validation: bool = True) -> PreparedData:
+    """A run config's data (its data, split, confidence and validation groups, cached under
+    paths.cache_dir unless data.cache is false); `validation=False` skips carving the validation
+    part (a fit on everything, or ranking only)."""
+    cache_dir = cfg.paths.cache_dir if cfg.data.get("cache", True) else None
+    return prepare_data(cfg.data, cfg.split, cfg.confidence, cache_dir, cfg.get("validation") if validation else None)

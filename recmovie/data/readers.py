@@ -54,6 +54,23 @@ def _header(path: Path, data: bytes, sep: str, encoding: str) -> list[str]:
     return [c.strip().strip('"') for c in first.decode(encoding).lstrip("\ufeff").rstrip("\r").split(sep)]
 
 
+def _arrow_table(data: bytes, names: list[str], columns: dict[str, str], sep: str, encoding: str, quoted: bool,
+                 has_header: bool):
+    """pyarrow's CSV reader over the file's bytes: the named columns, typed, empty values as nulls."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+    return pcsv.read_csv(
+        io.BytesIO(data if encoding.lower().replace("-", "") == "utf8" else data.decode(encoding).encode()),
+        read_options=pcsv.ReadOptions(column_names=names, skip_rows=1 if has_header else 0, block_size=1 << 24),
+        parse_options=pcsv.ParseOptions(delimiter=sep, quote_char='"' if quoted else False),
+        convert_options=pcsv.ConvertOptions(column_types={c: types[t] for c, t in columns.items()},
+                                            include_columns=list(columns), null_values=sorted(_NULLS),
+                                            strings_can_be_null=True),
+    )
+
+
 def read_table(
     path: Path,
     columns: dict[str, str],
@@ -71,7 +88,6 @@ def read_table(
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.csv as pcsv
 
     path = Path(path)
     if data is None:
@@ -88,22 +104,9 @@ def read_table(
         )
     if len(set(names)) != len(names):
         raise DataError(path, f"repeated column name in header {sep.join(names)!r}", line=1)
-    types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
     first_data_line = 2 if has_header else 1
     try:
-        table = pcsv.read_csv(
-            io.BytesIO(data if encoding.lower().replace("-", "") == "utf8" else data.decode(encoding).encode()),
-            read_options=pcsv.ReadOptions(
-                column_names=names, skip_rows=1 if has_header else 0, block_size=1 << 24
-            ),
-            parse_options=pcsv.ParseOptions(delimiter=sep, quote_char='"' if quoted else False),
-            convert_options=pcsv.ConvertOptions(
-                column_types={c: types[t] for c, t in columns.items()},
-                include_columns=list(columns),
-                null_values=sorted(_NULLS),
-                strings_can_be_null=True,
-            ),
-        )
+        table = _arrow_table(data, names, columns, sep, encoding, quoted, has_header)
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
         _diagnose(path, data, names, columns, sep, encoding, quoted, first_data_line)
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from recmovie.data.batches import UserBatch
 from recmovie.data.prepare import PreparedData
+from recmovie.errors import ConfigError
 
 
 @dataclass
@@ -175,6 +176,20 @@ class ReleaseYearFilter:
         year = year[None, :] if items is None else year[items.clamp_min(0).to(scores.device)]
         late = year > self.user_year[torch.as_tensor(users)].to(scores.device)[:, None]
         return scores.masked_fill(late, FILTERED)
+
+
+def release_year_filter(filter_cfg, data: PreparedData) -> ReleaseYearFilter | None:
+    """The run's `filter` section as the item filter for ranking `data` (None: nothing filtered)."""
+    f = filter_cfg or {}
+    if not f.get("release_year", False):
+        return None
+    if "year" not in data.dataset.side:
+        raise ConfigError("filter.release_year", "needs the items' release years (years.tsv in the data folder, or "
+                          "years in MovieLens titles); this data has none")
+    slack = f.get("slack_years", 0)
+    if not isinstance(slack, int) or isinstance(slack, bool):
+        raise ConfigError("filter.slack_years", f"must be an integer, got {slack!r}")
+    return ReleaseYearFilter(data, slack)
 
 
 @torch.no_grad()

@@ -22,11 +22,9 @@ from torch import nn
 
 from recmovie.data.batches import UserBatch
 from recmovie.models.base import check
+from recmovie.models.layers import ACTIVATIONS, init_weights, mlp
 from recmovie.models.lightning import LitRecommender, adam
 from recmovie.models.losses import RECONSTRUCTION, reconstruction_loss
-
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
-
 
 def kl_weight(step: int, beta: float, anneal_steps: int) -> float:
     """The KL schedule: fixed `beta`, or linear from 0 to `beta` over `anneal_steps` steps."""
@@ -37,16 +35,6 @@ def kl_weight(step: int, beta: float, anneal_steps: int) -> float:
 
 def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (logvar + math.log(2 * math.pi) + (z - mu) ** 2 / logvar.exp())
-
-
-def _init(module: nn.Module) -> None:
-    # Glorot weights and near-zero biases, as Liang et al. 2018 (an embedding bag's default N(0, 1)
-    # rows would saturate tanh at once)
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.EmbeddingBag)):
-            nn.init.xavier_uniform_(m.weight)
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.bias, std=0.001)
 
 
 class SparseInput(nn.Module):
@@ -65,15 +53,6 @@ class SparseInput(nn.Module):
         return self.bag(batch.indices, batch.indptr, per_sample_weights=values) + self.bias
 
 
-def _mlp(widths: list[int], activation: str, last_activation: bool) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(1, len(widths)):
-        layers.append(nn.Linear(widths[i - 1], widths[i]))
-        if i < len(widths) - 1 or last_activation:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
-
-
 class Encoder(nn.Module):
     """History -> code through layers of `widths` (the first one sparse), activation after each
     layer but, unless `last_activation`, the last."""
@@ -82,7 +61,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.input = SparseInput(n_items, widths[0])
         self.first = ACTIVATIONS[activation]() if len(widths) > 1 or last_activation else nn.Identity()
-        self.rest = _mlp(widths, activation, last_activation)
+        self.rest = mlp(widths, activation, activate_output=last_activation)
 
     def forward(self, batch: UserBatch, dropout: float) -> torch.Tensor:
         return self.rest(self.first(self.input(batch, dropout)))
@@ -92,13 +71,16 @@ class AutoEncoder(LitRecommender):
     """AE, DAE, Multi-DAE: [n_items -> *hidden -> latent -> *reversed(hidden) -> n_items], a
     deterministic code; `dropout` > 0 on the input makes it denoising (DAE, Liang et al. 2018's Multi-DAE)."""
 
-    name = "ae"
+    hidden_rule = "a list of integers >= 1 (widths between the items and the code)"
 
-    def __init__(self, hidden: list[int] = (), latent: int = 200, dropout: float = 0.0, activation: str = "tanh",
-                 loss: str = "logistic", **training):
-        check(isinstance(hidden, (list, tuple)) and all(isinstance(h, int) and h >= 1 for h in hidden), "hidden",
-              f"must be a list of integers >= 1 (widths between the items and the code), got {hidden!r}")
-        super().__init__(hidden=list(hidden), latent=latent, dropout=dropout, activation=activation, loss=loss,
+    @staticmethod
+    def valid_hidden(hidden) -> bool:
+        return isinstance(hidden, (list, tuple)) and all(isinstance(h, int) and h >= 1 for h in hidden)
+
+    def __init__(self, *, hidden: list[int] = (), latent: int = 200, dropout: float, activation: str = "tanh",
+                 loss: str, **training):
+        check(self.valid_hidden(hidden), "hidden", f"must be {self.hidden_rule}, got {hidden!r}")
+        super().__init__(hidden=list(hidden) if isinstance(hidden, (list, tuple)) else hidden, latent=latent, dropout=dropout, activation=activation, loss=loss,
                          **training)
         check(isinstance(latent, int) and latent >= 1, "latent", f"must be an integer >= 1, got {latent!r}")
         check(0.0 <= dropout < 1.0, "dropout", f"must be in [0, 1), got {dropout}")
@@ -109,7 +91,9 @@ class AutoEncoder(LitRecommender):
         super().build(schema)
         self.encoder = self._encoder(schema.n_items)
         self.decoder = self._decoder(schema.n_items)
-        _init(self)
+        # Glorot weights and near-zero biases, as Liang et al. 2018 (an embedding bag's default N(0, 1)
+        # rows would saturate tanh at once)
+        init_weights(self, "xavier", bias_std=0.001, types=(nn.Linear, nn.EmbeddingBag))
 
     def _encoder(self, n_items: int) -> nn.Module:
         p = self.params
@@ -117,7 +101,7 @@ class AutoEncoder(LitRecommender):
 
     def _decoder(self, n_items: int) -> nn.Module:
         p = self.params
-        return _mlp([p.latent, *reversed(p.hidden), n_items], p.activation, False)
+        return mlp([p.latent, *reversed(p.hidden), n_items], p.activation)
 
     def score(self, batch: UserBatch) -> torch.Tensor:
         return self.decoder(self.encoder(batch, 0.0))
@@ -134,11 +118,8 @@ class VAE(AutoEncoder):
     of q(z | x); training decodes a sample and adds the KL divergence to N(0, I), weighted by the
     KL schedule; ranking decodes the mean."""
 
-    name = "vae"
-
-    def __init__(self, beta: float = 0.2, anneal_steps: int = 0, loss: str = "logistic", **params):
-        super().__init__(loss=loss, **params)
-        self.params.update(beta=beta, anneal_steps=anneal_steps)
+    def __init__(self, *, beta: float, anneal_steps: int = 0, **params):
+        super().__init__(beta=beta, anneal_steps=anneal_steps, **params)
         check(beta >= 0, "beta", f"must be >= 0, got {beta}")
         check(isinstance(anneal_steps, int) and anneal_steps >= 0, "anneal_steps",
               f"must be an integer >= 0 (0: fixed beta), got {anneal_steps!r}")
@@ -182,15 +163,17 @@ class RecVAE(VAE):
     training the decoder (without dropout). The logged train_loss, train_kl are the encoder passes'
     objective (the decoder passes skip the KL term, which does not depend on the decoder)."""
 
-    name = "recvae"
+    hidden_rule = "an integer >= 1 (the width of every encoder layer)"
 
-    def __init__(self, hidden: int = 600, layers: int = 5, gamma: float = 0.005,
+    @staticmethod
+    def valid_hidden(hidden) -> bool:
+        return isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 1
+
+    def __init__(self, *, hidden: int = 600, layers: int = 5, gamma: float = 0.005,
                  prior_weights: list[float] = (0.15, 0.75, 0.1), enc_passes: int = 3, dec_passes: int = 1,
                  beta: float = 1.0, loss: str = "multinomial", **params):
-        check(isinstance(hidden, int) and hidden >= 1, "hidden", f"must be an integer >= 1, got {hidden!r}")
-        super().__init__(hidden=[hidden], beta=beta, loss=loss, **params)
-        self.params.update(hidden=hidden, layers=layers, gamma=gamma, prior_weights=list(prior_weights),
-                           enc_passes=enc_passes, dec_passes=dec_passes)
+        super().__init__(hidden=hidden, layers=layers, gamma=gamma, prior_weights=list(prior_weights),
+                         enc_passes=enc_passes, dec_passes=dec_passes, beta=beta, loss=loss, **params)
         check(isinstance(layers, int) and layers >= 1, "layers", f"must be an integer >= 1, got {layers!r}")
         check(gamma >= 0, "gamma", f"must be >= 0, got {gamma}")
         check(len(prior_weights) == 3 and all(w > 0 for w in prior_weights) and abs(sum(prior_weights) - 1) < 1e-6,

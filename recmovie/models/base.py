@@ -36,11 +36,10 @@ class Params(dict):
 
 
 class Recommender(torch.nn.Module):
-    """Subclasses set `name`, take their hyper-parameters as keyword arguments (validated at once,
+    """Subclasses take their hyper-parameters as keyword arguments (validated at once,
     before any data is read), and implement `build`, `fit` (closed form) or the Lightning hooks,
     and `score` (and `score_items` where scoring a few candidates is cheaper than all items)."""
 
-    name: ClassVar[str] = ""
     view: ClassVar[str] = "user_vectors"  # the data view it trains on
     trained: ClassVar[bool] = False  # True: fitted by a Lightning Trainer
     per_user_state: ClassVar[bool] = False  # True: holds per-user parameters (MF), so it can only
@@ -225,3 +224,17 @@ def load_checkpoint(path: str | Path) -> dict:
         raise DataError(path, f"not a recmovie checkpoint of format {CHECKPOINT_FORMAT} (retrain the run "
                         "with this version)")
     return ckpt
+
+
+def model_from_yaml(name: str, **overrides: Any) -> Recommender:
+    """The model `train.py model=<name>` builds (conf/model/<name>.yaml), with `overrides` over its
+    hyper-parameters: the YAML is the one source of a model's defaults, also in code and notebooks."""
+    from omegaconf import OmegaConf
+
+    from recmovie.config import CONF_DIR
+
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError("model", f"no model config {name!r} ({path}); known: {', '.join(known)}")
+    return build_model({**OmegaConf.to_container(OmegaConf.load(path), resolve=True), **overrides})

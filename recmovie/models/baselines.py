@@ -22,7 +22,6 @@ def _popularity(data: PreparedData, half_life_days: float | None) -> np.ndarray:
 class Popularity(Recommender):
     """Every user gets the most popular items they have not seen."""
 
-    name = "popularity"
 
     def __init__(self, half_life_days: float | None = None):
         super().__init__(half_life_days=half_life_days)
@@ -40,7 +39,6 @@ class GenreRule(Recommender):
     """The user's top genres by share of their history; within them the most popular unseen items
     first, then the rest by popularity."""
 
-    name = "genre_rule"
 
     def __init__(self, n_genres: int = 3, half_life_days: float | None = None):
         super().__init__(n_genres=n_genres, half_life_days=half_life_days)

@@ -17,8 +17,8 @@ from torch import nn
 from recmovie.data.batches import FieldBatch, UserBatch
 from recmovie.data.features import FeatureSet, field_size, item_field_codes, user_field_codes
 from recmovie.models.base import check
-from recmovie.models.lightning import LitRecommender
-from recmovie.models.losses import check_pairwise, pairwise_loss
+from recmovie.models.layers import mlp
+from recmovie.models.pairwise import PairwiseRecommender
 
 Codes = dict[str, torch.Tensor]  # field -> [..., W] bags of codes
 
@@ -55,15 +55,7 @@ class FieldEmbeddings(nn.Module):
         return torch.stack(means, -2), torch.stack(sq, -1).sum(-1) if squares else None
 
 
-def _mlp_rest(widths: list[int], dropout: float) -> nn.Sequential:
-    """The MLP after its first (split) layer: activation, then widths[1:], then one output."""
-    layers: list[nn.Module] = []
-    for a, b in zip(widths, widths[1:] + [1]):
-        layers += [nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(a, b)]  # its input is always a fresh sum
-    return nn.Sequential(*layers)
-
-
-class ContextRecommender(LitRecommender):
+class ContextRecommender(PairwiseRecommender):
     """The shared part of the family: feature codes, the fields view, training on sampled
     negatives with a pairwise loss, and the memory-safe full ranking. Subclasses implement
     `factors(codes, side)` and optionally `hidden(codes, side)` + `self.deep`."""
@@ -72,23 +64,16 @@ class ContextRecommender(LitRecommender):
     per_user_state = True  # the user id is a feature
     has_deep = False
 
-    def __init__(self, dim: int = 32, loss: str = "bpr", n_negatives: int = 4, sampling: str = "uniform",
-                 reg: float = 0.0, init_std: float = 0.01, features: dict | None = None,
-                 score_budget_mb: int = 256, lr: float = 0.002, batch_size: int = 4096, max_epochs: int = 50,
-                 patience: int = 5, **train):
+    def __init__(self, *, features: dict | None = None, score_budget_mb: int = 256, max_epochs: int = 60, **params):
         fs = FeatureSet.from_config(features)
-        super().__init__(dim=dim, loss=loss, n_negatives=n_negatives, sampling=sampling, reg=reg,
-                         init_std=init_std, features=fs.to_dict(), score_budget_mb=score_budget_mb, lr=lr,
-                         batch_size=batch_size, max_epochs=max_epochs, patience=patience, **train)
-        check_pairwise(dim, loss, n_negatives, sampling, reg, init_std)
+        super().__init__(features=fs.to_dict(), score_budget_mb=score_budget_mb, max_epochs=max_epochs, **params)
         check(isinstance(score_budget_mb, int) and score_budget_mb >= 1, "score_budget_mb",
               f"must be an integer >= 1, got {score_budget_mb!r}")
         self.fs = fs
         self.sides = {"user": ("user", *fs.user), "item": ("item", *fs.item)}
 
     def view_options(self) -> dict:
-        return {"n_negatives": self.params.n_negatives, "sampling": self.params.sampling,
-                "features": self.params.features, "schema": self.schema}
+        return {**super().view_options(), "features": self.params.features, "schema": self.schema}
 
     def build(self, schema) -> None:
         super().build(schema)
@@ -156,11 +141,7 @@ class ContextRecommender(LitRecommender):
         user = {"user": batch.users[:, None], **batch.user_fields}
         item = {"item": batch.items[..., None], **batch.item_fields}
         s, sq = self.pair_scores(user, item)
-        loss = pairwise_loss(self.params.loss, s[:, 0], s[:, 1:], batch.weight, self.n_items)
-        self.log_train(len(batch), loss=loss)
-        if self.params.reg:
-            loss = loss + self.params.reg * sq / len(batch)
-        return loss
+        return self.pairwise_step(s[:, 0], s[:, 1:], batch.weight, sq, len(batch))
 
     def score(self, batch: UserBatch) -> torch.Tensor:
         user = self.user_codes(batch)
@@ -190,7 +171,6 @@ class FM(ContextRecommender):
     S = sum_j x_j v_j and Q = sum_j x_j^2 |v_j|^2 over the side's features, so a side's vector is
     [S, linear + within, 1] (user) or [S, 1, linear + within] (item): D = dim + 2."""
 
-    name = "fm"
 
     def build(self, schema) -> None:
         super().build(schema)
@@ -217,7 +197,6 @@ class DeepFM(FM):
     """Guo et al. 2017: the FM above plus an MLP over the concatenated pooled field embeddings,
     which it shares with the FM part."""
 
-    name = "deepfm"
     has_deep = True
 
     def __init__(self, hidden: list[int] | tuple[int, ...] = (128, 64), dropout: float = 0.0, **params):
@@ -232,7 +211,8 @@ class DeepFM(FM):
         h = p.hidden[0]
         self.first = nn.ModuleDict({side: nn.Linear(len(self.sides[side]) * p.dim, h, bias=side == "user")
                                     for side in self.sides})
-        self.deep = _mlp_rest(p.hidden, p.dropout)
+        # the MLP after its first (split) layer, whose output is always a fresh sum: ReLU in place
+        self.deep = mlp([*p.hidden, 1], "relu", p.dropout, activate_input=True, inplace=True)
 
     def deep_embeddings(self, codes: Codes, side: str) -> torch.Tensor:
         return self.emb[side](codes, self.sides[side])[0]
@@ -247,7 +227,6 @@ class WideDeep(DeepFM):
     over the concatenated pooled field embeddings (its own tables); their logits add up. One Adam
     optimiser trains both (the paper uses FTRL for the wide part and AdaGrad for the deep one)."""
 
-    name = "wide_deep"
 
     def build(self, schema) -> None:
         super().build(schema)

@@ -26,8 +26,8 @@ SELECT_ON = ("all", "last", "random")
 def adam(params, lr: float, weight_decay: float, decoupled: bool = False) -> torch.optim.Optimizer:
     """Adam (AdamW with `decoupled`) on one fused kernel where the device has one: the plain loop
     runs about ten passes over every parameter per step, which at the catalogue sizes here (a
-    6,807 x 400 input table, say) is as long as the model's own forward and backward (Multi-VAE's
-    step at competition size: 26 ms plain, 14 ms fused, 2 cores)."""
+    6,807 x 400 input table, say) is as long as the model's own forward and backward
+    (benchmarks/RESULTS.md#code-choices)."""
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params)
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
@@ -44,8 +44,8 @@ class LitRecommender(Recommender, pl.LightningModule):
 
     trained = True
 
-    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 500,
-                 max_epochs: int = 50, patience: int = 10, select_on: str = "all", **params):
+    def __init__(self, *, lr: float, weight_decay: float, batch_size: int, max_epochs: int, patience: int,
+                 select_on: str, **params):
         super().__init__(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
                          patience=patience, select_on=select_on, **params)
         check(lr > 0, "lr", f"must be > 0, got {lr}")
@@ -69,7 +69,7 @@ class LitRecommender(Recommender, pl.LightningModule):
         """Add a step's values (`loss=...`, weighted by the batch's `n` rows) to the epoch's means,
         logged as train_<name> once, after the epoch's last batch. Lightning's own epoch mean
         (`self.log(on_epoch=True)` every step) gives the same figures but costs a fraction of a
-        millisecond per value per step: about 10% of Multi-VAE's epoch at competition size."""
+        millisecond per value per step, a visible share of a small model's epoch."""
         for key, value in values.items():
             value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
             self._train_sums[key] = self._train_sums.get(key, 0.0) + value * n

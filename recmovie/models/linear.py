@@ -67,10 +67,9 @@ def inverse_in_place(a: torch.Tensor, block: int = 512) -> torch.Tensor:
     time, keeping only the upper triangle: sweeping pivots K maps A_KK -> -A_KK^-1, A_KR ->
     A_KK^-1 A_KR, A_RR -> A_RR - A_RK A_KK^-1 A_KR, and sweeping every pivot leaves -A^-1. The work
     is about n^3 flops of matrix products (as Cholesky + inverse), the memory one n x n matrix
-    plus two block x n strips: at ML-20M's 26,744 items the float32 matrix is 2.86 GB, where
-    factor-then-invert out of place holds three. (LAPACK's potrf + potri also work in place, but
-    scipy's OpenBLAS 0.3.30 crashes on a matrix past 2^31 bytes, and torch's cholesky_inverse, in
-    place through out=, took 4x as long as this at 8,000 items.)
+    plus two block x n strips, where factor-then-invert out of place holds three. (LAPACK's potrf +
+    potri also work in place, but scipy's OpenBLAS 0.3.30 crashes on a matrix past 2^31 bytes, and
+    torch's cholesky_inverse through out= is several times slower: benchmarks/RESULTS.md#code-choices.)
     Pivot blocks are Schur complements of A, so they are positive definite when A is; a matrix
     that is not raises torch.linalg.LinAlgError.
     """
@@ -149,7 +148,6 @@ def item_sq_norms(x) -> np.ndarray:
 class EASE(ItemItemModel):
     """Steck 2019, "Embarrassingly Shallow Autoencoders": B = I - P / diag(P), P = (X^T X + l2 I)^-1."""
 
-    name = "ease"
 
     def __init__(self, l2: float = 500.0, dtype: str = "float32"):
         super().__init__(l2=l2, dtype=dtype)
@@ -179,7 +177,6 @@ class EDLAE(ItemItemModel):
     rescales only the columns whose ridge dominates, as diag(B) itself only scores seen items.
     """
 
-    name = "edlae"
 
     def __init__(self, l2: float = 300.0, dropout: float = 0.25, xi: float = 0.0, dtype: str = "float32"):
         super().__init__(l2=l2, dropout=dropout, xi=xi, dtype=dtype)
@@ -209,13 +206,12 @@ class ADMMSLIM(ItemItemModel):
     P = (X^T X + (l2 + rho) I)^-1, inverted once), C the L1 and non-negativity (soft-thresholding);
     U is the scaled dual. The returned weights are C: sparse, zero diagonal, non-negative if asked.
     Each iteration but the first (EASE with ridge l2 + rho, as C = U = 0) costs one items^3 product,
-    about as much as EASE's whole fit at the competition's size; so by default 2 iterations (about
-    2x EASE's fit time; 3 took 2.7-3x). On the benchmark's validation split 2, 3, 4 and 10 iterations
-    ranked within 0.003 Recall@10 of each other, although the residuals are far from converged.
-    Non-negativity alone zeroes over half of the weights there; l1 > 0 makes them sparser.
+    about as much as EASE's whole fit at the competition's size; so by default 2 iterations: more
+    ranked within noise of them on validation although the residuals are far from converged
+    (benchmarks/RESULTS.md#code-choices). Non-negativity alone zeroes over half of the weights;
+    l1 > 0 makes them sparser.
     """
 
-    name = "admm_slim"
 
     def __init__(self, l2: float = 200.0, l1: float = 0.0, rho: float = 1000.0, nonneg: bool = True,
                  iterations: int = 2, dtype: str = "float32"):
@@ -276,10 +272,9 @@ class HybridEASE(ItemItemModel):
     users only). Its cost is the users x users inverse: seconds on ml-100k, minutes and about
     4 GB at the competition's 31k users."""
 
-    name = "hybrid_ease"
     per_user_state = True
 
-    def __init__(self, l2: float = 500.0, user_l2: float = 200.0, alpha: float = 0.5, dtype: str = "float32"):
+    def __init__(self, l2: float = 500.0, user_l2: float = 1000.0, alpha: float = 0.6, dtype: str = "float32"):
         super().__init__(l2=l2, user_l2=user_l2, alpha=alpha, dtype=dtype)
         check(l2 > 0, "l2", f"must be > 0, got {l2}")
         check(user_l2 > 0, "user_l2", f"must be > 0, got {user_l2}")

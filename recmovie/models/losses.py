@@ -70,22 +70,6 @@ def reconstruction_loss(name: str, logits: torch.Tensor, x) -> torch.Tensor:
     raise ValueError(f"unknown reconstruction loss {name!r}; choose from {RECONSTRUCTION}")
 
 
-def check_pairwise(dim: int, loss: str, n_negatives: int, sampling: str, reg: float, init_std: float) -> None:
-    """The hyper-parameters every model trained on sampled (user, positive, negatives) rows shares
-    (BPR-MF, the context-aware family), refused by name."""
-    from recmovie.data.samplers import SAMPLINGS
-    from recmovie.models.base import check
-
-    check(isinstance(dim, int) and dim >= 1, "dim", f"must be an integer >= 1, got {dim!r}")
-    check(loss in PAIRWISE, "loss", f"must be one of {list(PAIRWISE)}, got {loss!r}")
-    check(isinstance(n_negatives, int) and n_negatives >= 1, "n_negatives", f"must be an integer >= 1, got {n_negatives!r}")
-    check(sampling in SAMPLINGS, "sampling", f"must be one of {list(SAMPLINGS)}, got {sampling!r}")
-    check(loss != "sampled_softmax" or sampling == "uniform", "sampling",
-          f"loss sampled_softmax corrects for uniform sampling only, got sampling {sampling!r}")
-    check(reg >= 0, "reg", f"must be >= 0, got {reg}")
-    check(init_std > 0, "init_std", f"must be > 0, got {init_std}")
-
-
 def pairwise_loss(name: str, pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor | None = None,
                   n_items: int = 0) -> torch.Tensor:
     """Mean loss of positive scores [B] against their negatives' scores [B, n_neg]; `n_items` (the

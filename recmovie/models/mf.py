@@ -10,28 +10,17 @@ import torch
 from recmovie.data.batches import PairBatch, UserBatch
 from recmovie.data.prepare import PreparedData
 from recmovie.models.base import Recommender, check
-from recmovie.models.lightning import LitRecommender
-from recmovie.models.losses import check_pairwise, pairwise_loss
+from recmovie.models.pairwise import PairwiseRecommender
 
 
-class BPRMF(LitRecommender):
+class BPRMF(PairwiseRecommender):
     """Rendle et al. 2009: score(u, i) = p_u . q_i + b_i, trained on (user, positive, sampled
     negatives) with a pairwise loss; each pair weighted by the positive's confidence weight."""
 
-    name = "bpr_mf"
-    view = "pairs"
     per_user_state = True
 
-    def __init__(self, dim: int = 64, loss: str = "bpr", n_negatives: int = 4, sampling: str = "uniform",
-                 reg: float = 0.01, init_std: float = 0.1, lr: float = 0.008, batch_size: int = 4096,
-                 max_epochs: int = 25, patience: int = 5, **train):
-        super().__init__(dim=dim, loss=loss, n_negatives=n_negatives, sampling=sampling, reg=reg,
-                         init_std=init_std, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
-                         patience=patience, **train)
-        check_pairwise(dim, loss, n_negatives, sampling, reg, init_std)
-
-    def view_options(self) -> dict:
-        return {"n_negatives": self.params.n_negatives, "sampling": self.params.sampling}
+    def __init__(self, *, max_epochs: int = 25, **params):
+        super().__init__(max_epochs=max_epochs, **params)
 
     def build(self, schema) -> None:
         super().build(schema)
@@ -49,13 +38,9 @@ class BPRMF(LitRecommender):
         n = self.item_emb(batch.neg)  # [B, n_neg, d]
         pos = (u * p).sum(-1) + self.item_bias(batch.pos).squeeze(-1)
         neg = (u[:, None, :] * n).sum(-1) + self.item_bias(batch.neg).squeeze(-1)
-        loss = pairwise_loss(self.params.loss, pos, neg, batch.weight, self.n_items)
-        self.log_train(len(batch), loss=loss)
-        if self.params.reg:
-            # L2 on the vectors this batch touches (per pair), as in the BPR paper's SGD updates
-            reg = u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum() / n.shape[1]
-            loss = loss + self.params.reg * reg / len(batch)
-        return loss
+        # L2 on the vectors this batch touches (per pair), as in the BPR paper's SGD updates
+        norms = u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum() / n.shape[1]
+        return self.pairwise_step(pos, neg, batch.weight, norms, len(batch))
 
     def score(self, batch: UserBatch) -> torch.Tensor:
         return self.user_emb(batch.users) @ self.item_emb.weight.T + self.item_bias.weight.T
@@ -71,7 +56,6 @@ class ALS(Recommender):
     `implicit` library: confidence c_ui = 1 + alpha * w_ui on the user's items (w = the confidence
     group's weight, mean 1 per user) and 1 elsewhere; preference 1 on the user's items, 0 elsewhere."""
 
-    name = "als"
     per_user_state = True
 
     def __init__(self, factors: int = 64, l2: float = 22.0, alpha: float = 1.0, iterations: int = 15,

@@ -66,7 +66,6 @@ class ItemKNN(ItemItemModel):
     """Cosine item-item similarity with shrinkage, each item's `k` nearest neighbours kept:
     score(u, j) = sum over the user's items i among j's neighbours of w_ui * sim(i, j)."""
 
-    name = "itemknn"
 
     def __init__(self, k: int = 200, shrink: float = 10.0, weighting: str = "bm25", k1: float = 1.2, b: float = 0.75):
         super().__init__(k=k, shrink=shrink, weighting=weighting, k1=k1, b=b)
@@ -157,7 +156,6 @@ class UserKNN(Recommender):
     training users v of sim(u, v) * w_vj. Neighbours are found from the history being scored, so
     any user can be ranked (a training user is never its own neighbour)."""
 
-    name = "userknn"
 
     def __init__(self, k: int = 80, shrink: float = 10.0, weighting: str = "bm25", k1: float = 1.2, b: float = 0.75):
         super().__init__(k=k, shrink=shrink, weighting=weighting, k1=k1, b=b)

@@ -37,21 +37,11 @@ from torch import nn
 from recmovie.data.batches import SequenceBatch, UserBatch
 from recmovie.data.views import left_padded
 from recmovie.models.base import check
+from recmovie.models.layers import init_weights
 from recmovie.models.lightning import LitRecommender, adam
 from recmovie.models.losses import SEQUENCE, bpr_max, full_softmax_ce, gbce_beta, sampled_bce, sampled_softmax
 
 SCORE_CHUNK = 256  # users run through the network at once when scoring (results do not depend on it)
-
-
-def _init_normal(module: nn.Module, std: float = 0.02) -> None:
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=std)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
 
 
 class Block(nn.Module):
@@ -112,7 +102,7 @@ class SequentialRecommender(LitRecommender):
     view = "sequences"
     next_item = True  # False: cloze (BERT4Rec)
 
-    def __init__(self, max_len: int = 200, dim: int = 64, dropout: float = 0.2, loss: str = "ce",
+    def __init__(self, *, max_len: int, dim: int = 64, dropout: float, loss: str = "ce",
                  negatives: int = 256, gbce_t: float = 0.75, bpreg: float = 1.0, **training):
         super().__init__(max_len=max_len, dim=dim, dropout=dropout, loss=loss, negatives=negatives, gbce_t=gbce_t,
                          bpreg=bpreg, **training)
@@ -197,7 +187,6 @@ class SASRec(SequentialRecommender):
     positions), the next item predicted at every position; with `loss=gbce`, gSASRec (Petrov &
     Macdonald 2023)."""
 
-    name = "sasrec"
 
     def __init__(self, layers: int = 2, heads: int = 2, ff_mult: int = 1, **params):
         super().__init__(**params)
@@ -214,7 +203,7 @@ class SASRec(SequentialRecommender):
         p = self.params
         self.net = Transformer(schema.n_item_tokens, schema.pad_item, p.max_len, p.dim, p.layers, p.heads,
                                p.dropout, p.ff_mult, causal=self.causal)
-        _init_normal(self)
+        init_weights(self)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         return self.net(items)
@@ -225,7 +214,6 @@ class BERT4Rec(SASRec):
     appends the mask token after the newest max_len - 1 items and scores that position. The output
     goes through a projection (linear, GELU, layer norm) before the tied item table, plus a bias."""
 
-    name = "bert4rec"
     next_item = False
     causal = False
 
@@ -238,7 +226,7 @@ class BERT4Rec(SASRec):
         super().build(schema)
         dim = self.params.dim
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
-        _init_normal(self.head)
+        init_weights(self.head)
         self.out_bias = nn.Parameter(torch.zeros(schema.n_items))
 
     def output(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,7 +257,6 @@ class GRU4Rec(SequentialRecommender):
     recurrence), a projection back to the embedding width, the next item at every position
     scored against the tied item table (full softmax by default: the 2018 paper's CE)."""
 
-    name = "gru4rec"
 
     def __init__(self, hidden: int = 128, layers: int = 1, **params):
         super().__init__(**params)
@@ -323,7 +310,6 @@ class GRU4RecTitles(GRU4Rec):
     `text` extra) are computed from the data the model fits on, cached with the prepared data, and
     kept in the checkpoint (a buffer), so predict.py needs neither the titles nor the encoder."""
 
-    name = "gru4rec_titles"
 
     def __init__(self, text_fields: tuple[str, ...] | list[str] = ("title",), text_encoder: str = "tfidf",
                  text_dim: int = 64, **params):

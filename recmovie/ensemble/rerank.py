@@ -1,5 +1,6 @@
 """Two-stage recommendation: the union of tracked runs' top-N candidates, re-ranked by a learned
-ranker (LightGBM LambdaRank), as `ensemble.py method=rerank`.
+ranker (LightGBM LambdaRank), as `ensemble.py method=rerank`
+(recmovie/ensemble/command.py).
 
 Leakage: the ranker learns from the members' VALIDATION candidates (`val_candidates.csv`: each
 member as fitted without the validation part, its history the fit part), labelled by the
@@ -30,9 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from recmovie.data.prepare import PreparedData
+from recmovie.data.split import Holdout
+from recmovie.ensemble.pool import Pool, ranked_lists
 from recmovie.errors import ConfigError
+from recmovie.evaluation.metrics import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ def feature_names(n_members: int) -> list[str]:
     return [f"m{i}_{kind}" for i in range(n_members) for kind in ("score", "rank")] + list(CONTEXT_FEATURES)
 
 
-def pair_features(pool, data: PreparedData, recent_share: float = 0.1, window_days: float = 30.0) -> np.ndarray:
+def pair_features(pool: Pool, data: PreparedData, recent_share: float = 0.1, window_days: float = 30.0) -> np.ndarray:
     """[rows, features] float32 for every pool row (see the module docstring); `data` is the
     history the pool's candidates were ranked with."""
     users, items = pool.users.astype(np.int64), pool.items.astype(np.int64)
@@ -88,7 +93,7 @@ def pair_features(pool, data: PreparedData, recent_share: float = 0.1, window_da
     return np.column_stack(cols).astype(np.float32)
 
 
-def labels(pool, data: PreparedData) -> np.ndarray:
+def labels(pool: Pool, data: PreparedData) -> np.ndarray:
     """1 where the pool's pair is in `data`'s holdout, else 0."""
     hidden = data.holdout
     keep = hidden.item >= 0
@@ -152,16 +157,39 @@ def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str]
     return Ranker(booster, names, float(curve[rounds - 1]), int(rounds), np.flatnonzero(held))
 
 
-def validation_recall(ranker: Ranker, pool, x: np.ndarray, data: PreparedData, k: int) -> dict[str, float]:
+def fit_ranker_on(val_pool: Pool, val_data: PreparedData, pool: Pool, data: PreparedData, cfg, k: int
+                  ) -> tuple[Ranker, np.ndarray, dict]:
+    """Learn the ranker on the validation pool (labelled by `val_data`'s holdout), then score the
+    final pool: (ranker, one value per `pool` row, its validation figures)."""
+    r = OmegaConf.to_container(cfg, resolve=True)
+    x_val = pair_features(val_pool, val_data, float(r["recent_share"]), float(r["window_days"]))
+    ranker = fit_ranker(x_val, labels(val_pool, val_data), val_pool.users, feature_names(val_pool.ranks.shape[1]),
+                        {**r, "k": k})
+    search = validation_recall(ranker, val_pool, x_val, val_data, k)
+    fused = ranker.predict(pair_features(pool, data, float(r["recent_share"]), float(r["window_days"])))
+    return ranker, fused, search
+
+
+def check_rerank_config(r) -> None:
+    """The `rerank` section's values, each named by its key."""
+    for key, ok, want in (("recent_share", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                          ("window_days", lambda v: v > 0, "a number > 0"),
+                          ("valid_share", lambda v: 0 < v < 1, "a number in (0, 1)"),
+                          ("rounds", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+                          ("patience", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+                          ("threads", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+                          ("seed", lambda v: isinstance(v, int), "an integer")):
+        value = r.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
+            raise ConfigError(f"rerank.{key}", f"must be {want}, got {value!r}")
+
+
+def validation_recall(ranker: Ranker, pool: Pool, x: np.ndarray, data: PreparedData, k: int) -> dict[str, float]:
     """Recall@k on the held-out validation users (every one of them, hit or not): re-ranked, and
     the first member's own order of the same candidates."""
-    from recmovie.data.split import Holdout
-    from recmovie.ensemble import Pool, ranked_lists
-    from recmovie.evaluation.metrics import evaluate
-
     users = ranker.held_users
     rows = np.isin(pool.users, users)
-    sub = Pool(pool.users[rows], pool.items[rows], pool.ranks[rows], pool.scores[rows], pool.top_n)
+    sub = pool.subset(users)
     h = data.holdout
     keep = np.isin(h.user, users)
     holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])

@@ -1,15 +1,19 @@
-"""The re-ranker's features and labels on hand-made data (its end-to-end run is in test_ensemble.py)."""
+"""The re-ranker's features and labels on hand-made data and its run end to end."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import mlflow
 import pytest
 
 from recmovie.data.dataset import build_dataset
 from recmovie.data.prepare import PreparedData
 from recmovie.data.split import Holdout
-from recmovie.ensemble import build_pool
-from recmovie.rerank import CONTEXT_FEATURES, feature_names, labels, pair_features
+from recmovie.ensemble.command import run_ensemble
+from recmovie.ensemble.pool import build_pool
+from recmovie.ensemble.rerank import CONTEXT_FEATURES, feature_names, labels, pair_features
+from recmovie.errors import ConfigError
+from tests.ensemble.helpers import ensemble_config
 
 DAY = 86400
 T0 = 1_000_000_000  # 2001-09-09
@@ -58,3 +62,28 @@ def test_the_user_time_window_counts_the_items_interactions_before_the_users_las
     assert pair_features(pool, data, window_days=150)[0, at] == pytest.approx(np.log1p(1))
     assert pair_features(pool, data, window_days=250)[0, at] == pytest.approx(np.log1p(2))
     assert pair_features(pool, data, window_days=50)[0, at] == 0
+
+
+def test_rerank_end_to_end_logs_the_ranker_and_refuses_weights(members, tmp_path):
+    ids = [members.ids["ease"], members.ids["itemknn"], members.ids["popularity"]]
+    runs = f"runs=[{','.join(ids)}]"
+    cfg = ensemble_config(tmp_path, members, [runs, "method=rerank", "top_n=50", "rerank.patience=10"])
+    recall = run_ensemble(cfg)
+    client = mlflow.MlflowClient(members.cfg.tracking.uri)
+    (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+              if r.data.tags.get("method") == "rerank" and r.data.tags["members"] == ",".join(ids)]
+    assert run.data.metrics["recall_at_10"] == pytest.approx(recall)
+    best = max(client.get_run(i).data.metrics["recall_at_10"] for i in ids)
+    assert recall > 0.8 * best  # learned from a few hundred validation users: near its members, not exact
+    assert run.data.metrics["ranker_rounds"] >= 1 and 0 < run.data.metrics["val_recall_at_10"] < 1
+    ranker = {a.path for a in client.list_artifacts(run.info.run_id, "ranker")}
+    assert ranker == {"ranker/ranker.txt", "ranker/feature_importances.csv", "ranker/feature_importances.png"}
+    importances = pd.read_csv(f"{cfg.paths.output_dir}/ranker/feature_importances.csv")
+    assert {"m0_rank", "m2_score", "item_at_user_time", "genre_share"} <= set(importances.feature)
+    sub = pd.read_csv(f"{cfg.paths.output_dir}/submission.csv")
+    assert (sub.groupby("user").size() == 10).all() and sub.groupby("user")["item"].nunique().eq(10).all()
+
+    with pytest.raises(ConfigError, match="`weights`: rerank learns"):
+        run_ensemble(ensemble_config(tmp_path / "w", members, [runs, "method=rerank", "weights=[1,1,1]"]))
+    with pytest.raises(ConfigError, match=r"`rerank.valid_share`: must be a number in \(0, 1\)"):
+        run_ensemble(ensemble_config(tmp_path / "v", members, [runs, "method=rerank", "rerank.valid_share=1.5"]))

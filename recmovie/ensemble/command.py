@@ -1,0 +1,240 @@
+"""`python ensemble.py`: load the members -> combine them -> publish the ensemble as its own run.
+
+Members must share the data, the split and the validation part, so the ensemble is scored on the
+same test part as its members. Whatever is learned (weights, the re-ranker) is learned on the
+VALIDATION part: each member's `val_candidates.csv` (ranked by the member as fitted without the
+validation part); the test part is only scored, with what was learned.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from recmovie.candidates import write_candidates
+from recmovie.config import check_ranking_config, check_value
+from recmovie.data.prepare import PreparedData
+from recmovie.ensemble.fusion import METHODS, ScoreBlend, full_score_objective, fuse, pool_objective
+from recmovie.ensemble.members import (
+    check_members, find_members, member_lists, member_models, member_table, member_weights, members_data,
+)
+from recmovie.ensemble.pool import build_pool, ranked_lists
+from recmovie.ensemble.rerank import Ranker, check_rerank_config, fit_ranker_on, save_ranker
+from recmovie.ensemble.search import check_search_config, search_weights
+from recmovie.errors import ConfigError
+from recmovie.evaluation.metrics import evaluate
+from recmovie.evaluation.ranking import TopK, rank, release_year_filter
+from recmovie.io import atomic_path
+from recmovie.runs import PER_MODEL, model_of
+from recmovie.submission import write_submission
+from recmovie.tracking import flatten, resolve_tracking_uri, setup_mlflow, start_run
+
+log = logging.getLogger(__name__)
+
+
+def check_config(cfg: DictConfig) -> None:
+    k = check_value(cfg, "eval.k", int, 1)
+    if cfg.method not in METHODS:
+        raise ConfigError("method", f"unknown method {cfg.method!r}; choose from {list(METHODS)}")
+    if not isinstance(cfg.top_n, int) or cfg.top_n < k:  # before candidates.n, which defaults to it
+        raise ConfigError("top_n", f"must be an integer >= eval.k ({k}), got {cfg.top_n!r}")
+    check_ranking_config(cfg)
+    if not isinstance(cfg.rrf_k, (int, float)) or cfg.rrf_k < 0:
+        raise ConfigError("rrf_k", f"must be a number >= 0, got {cfg.rrf_k!r}")
+    if not cfg.runs and not cfg.query.experiment:
+        raise ConfigError("runs", "name the members: runs=[<run id>,<run id>] and/or query.experiment=<name>")
+    if cfg.query.per_model not in PER_MODEL:
+        raise ConfigError("query.per_model", f"must be one of {list(PER_MODEL)}, got {cfg.query.per_model!r}")
+    if cfg.method == "rerank":
+        if cfg.search.method is not None or cfg.weights is not None:
+            raise ConfigError("search.method" if cfg.search.method is not None else "weights",
+                              "rerank learns how to combine the members: no weights, no weight search")
+        check_rerank_config(cfg.rerank)
+    if cfg.get("full_scores") and cfg.method != "score_blend":
+        raise ConfigError("full_scores", f"only score_blend blends full score rows, got method={cfg.method}")
+    check_search_config(cfg)
+
+
+@dataclass
+class Loaded:
+    """The members and what combining them reads."""
+
+    uri: str
+    members: list
+    base_cfg: DictConfig
+    data: PreparedData
+    lists: list  # each member's candidates (read_candidates)
+    val_data: PreparedData | None = None  # the fit part, whose holdout is the validation part
+    val_lists: list = field(default_factory=list)  # each member's validation candidates
+    weights: np.ndarray | None = None  # given weights (None: learned)
+
+
+def load(cfg: DictConfig) -> Loaded:
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    client = setup_mlflow(uri).MlflowClient()
+    members = find_members(client, cfg)
+    top_n = int(cfg.top_n)
+    check_members(members, top_n)
+    weights = None if learns(cfg) else member_weights(cfg.weights, members)
+    base_cfg, data = members_data(uri, members[0], cfg.paths.cache_dir)
+    loaded = Loaded(uri, members, base_cfg, data, member_lists(uri, members, data, top_n), weights=weights)
+    if learns(cfg):
+        key = "method" if cfg.method == "rerank" else "search.method"
+        loaded.val_data = data.fit_part()
+        if not len(loaded.val_data.holdout):
+            raise ConfigError(key, "the members hold no validation part (validation=none): train them with "
+                                   "split@validation=competition to learn from it")
+        if not cfg.get("full_scores"):  # full scores: the members' models instead
+            loaded.val_lists = member_lists(uri, members, loaded.val_data, top_n, validation=True, key=key)
+    return loaded
+
+
+def learns(cfg: DictConfig) -> bool:
+    """Whether the ensemble learns (weights or a ranker) from the members' validation part."""
+    return cfg.search.method is not None or cfg.method == "rerank"
+
+
+@dataclass
+class Combined:
+    topk: TopK
+    weights: np.ndarray
+    search: dict = field(default_factory=dict)  # validation figures of what was learned
+    ranker: Ranker | None = None
+    filled: int = 0  # users the members left short of k items, filled by popularity
+
+
+def combine(cfg: DictConfig, m: Loaded) -> Combined:
+    """The ensemble's ranked lists, by `cfg.method`."""
+    if cfg.get("full_scores"):
+        return full_score_blend(cfg, m)
+    k, top_n, depth = int(cfg.eval.k), int(cfg.top_n), int(cfg.candidates.n)
+    pool = build_pool(m.lists, m.data.n_items, top_n)
+    if cfg.method == "rerank":
+        val_pool = build_pool(m.val_lists, m.data.n_items, top_n)
+        ranker, fused, search = fit_ranker_on(val_pool, m.val_data, pool, m.data, cfg.rerank, k)
+        topk, filled = ranked_lists(pool, fused, m.data, depth, k)
+        return Combined(topk, np.ones(len(m.members)), search, ranker, filled)
+    weights, search = m.weights, {}
+    if weights is None:
+        objective = pool_objective(build_pool(m.val_lists, m.data.n_items, top_n), m.val_data, cfg.method,
+                                   float(cfg.rrf_k), k)
+        weights, best, trials = search_weights(objective, len(m.members), cfg.search)
+        search = {f"val_recall_at_{k}": best, "search_trials": trials}
+    topk, filled = ranked_lists(pool, fuse(pool, cfg.method, weights, float(cfg.rrf_k)), m.data, depth, k)
+    return Combined(topk, weights, search, filled=filled)
+
+
+def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
+    """score_blend over every item of the members' reloaded models. Weights searched on the
+    validation part need members whose saved model never saw it (fit_mode `validate`)."""
+    k, chunk = int(cfg.eval.k), int(cfg.get("chunk_size", 1024))
+    models = member_models(m.uri, m.members)
+    weights, search = m.weights, {}
+    if weights is None:
+        saw = [f"{r.info.run_id} ({model_of(r)}: {r.data.tags.get('fit_mode')})" for r in m.members
+               if r.data.tags.get("fit_mode") != "validate"]
+        if saw:
+            raise ConfigError("full_scores", "searching weights on full scores needs members whose saved model was "
+                              "fitted without the validation part (fit_mode validate); these saw it: " + ", ".join(saw))
+        objective = full_score_objective(models, m.val_data, chunk, k)
+        weights, best, trials = search_weights(objective, len(models), cfg.search)
+        search = {f"val_recall_at_{k}": best, "search_trials": trials}
+    topk = rank(ScoreBlend(models, weights), m.data, k=int(cfg.candidates.n), chunk_size=chunk,
+                item_filter=release_year_filter(cfg.get("filter"), m.data))
+    return Combined(topk, weights, search)
+
+
+def run_ensemble(cfg: DictConfig) -> float | None:
+    """Fuse the member runs into a submission, logged as its own MLflow run; returns holdout Recall@k
+    (None when the members were trained with split=none)."""
+    check_config(cfg)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per member file
+    loaded = load(cfg)
+    t0 = time.perf_counter()
+    combined = combine(cfg, loaded)
+    fit_seconds = time.perf_counter() - t0
+    k = int(cfg.eval.k)
+    metrics = evaluate(combined.topk.items, combined.topk.users, loaded.data.holdout, loaded.data.n_users, k)
+    if combined.filled:
+        log.warning("%d user(s) had fewer than %d items from the members: filled by popularity", combined.filled, k)
+    publish(cfg, loaded, combined, metrics, fit_seconds)
+    return metrics.get(f"recall_at_{k}")
+
+
+def logged_config(cfg: DictConfig, m: Loaded, weights: np.ndarray) -> dict:
+    """The ensemble's config as its run logs it: its own `model` section (method, members, weights)
+    and the members' data, split, validation and confidence."""
+    logged = OmegaConf.to_container(cfg, resolve=True)
+    logged.update(
+        model={"name": "ensemble", "method": cfg.method, "top_n": int(cfg.top_n),
+               **({"rrf_k": cfg.rrf_k} if cfg.method == "rrf" else {}),
+               **({"rerank": OmegaConf.to_container(cfg.rerank, resolve=True)} if cfg.method == "rerank" else {}),
+               "weights": [round(float(w), 4) for w in weights], "members": [r.info.run_id for r in m.members],
+               "member_models": [model_of(r) for r in m.members]},
+        **{key: OmegaConf.to_container(m.base_cfg[key], resolve=True)
+           for key in ("data", "split", "validation", "confidence") if key in m.base_cfg},
+    )
+    return logged
+
+
+def publish(cfg: DictConfig, m: Loaded, c: Combined, metrics: dict, fit_seconds: float) -> None:
+    """The ensemble's files, MLflow run and console summary."""
+    k, data = int(cfg.eval.k), m.data
+    ids, models = [r.info.run_id for r in m.members], [model_of(r) for r in m.members]
+    out_dir = Path(cfg.paths.output_dir)
+    tags = {"model": "ensemble", "method": cfg.method, "data": m.base_cfg.data.name, "split": m.base_cfg.split.name,
+            "members": ",".join(ids), "member_models": ",".join(models), "data_fingerprint": data.fingerprint,
+            "output_dir": str(out_dir.resolve())}
+    experiment = cfg.tracking.experiment or setup_mlflow(m.uri).MlflowClient().get_experiment(
+        m.members[0].info.experiment_id).name
+    logged = logged_config(cfg, m, c.weights)
+    with start_run(m.uri, str(experiment), cfg.tracking.get("run_name") or f"ensemble-{cfg.method}", tags,
+                   cfg.tracking.enabled) as run:
+        run.log_params({**flatten(logged), "data_fingerprint": data.fingerprint})
+        run.log_text(OmegaConf.to_yaml(logged), "config.yaml")
+        table = member_table(m.members, c.weights, k)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / "members.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        write_submission(out_dir / "submission.csv", c.topk, data, k)
+        write_candidates(out_dir / "candidates.csv", c.topk, data)
+        run.log_metrics({**metrics, **c.search, "fit_seconds": fit_seconds, "filled_users": c.filled})
+        for name in ("submission.csv", "candidates.csv", "members.csv"):
+            run.log_artifact(out_dir / name)
+        if c.ranker is not None:
+            run.log_metrics({"ranker_rounds": c.ranker.rounds, "val_ranker_ndcg": c.ranker.val_ndcg})
+            for path in save_ranker(c.ranker, out_dir / "ranker"):
+                run.log_artifact(path, "ranker")
+        print_summary(cfg, table, metrics, c.search, k, out_dir, run.run_id)
+
+
+def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int, out_dir: Path,
+                  run_id: str | None) -> None:
+    cols = [f"recall_at_{k}", f"recall_at_{k}_last", f"recall_at_{k}_random", f"ndcg_at_{k}"]
+    head = f"  {'member':<24} {'weight':>7} {'R@' + str(k):>7} {'last':>7} {'random':>7} {'NDCG':>7}"
+    lines = [f"ensemble {cfg.method} of {len(table)} runs, top_n {cfg.top_n}", head]
+    for row in table.itertuples(index=False):
+        vals = " ".join(f"{getattr(row, c):>7.4f}" for c in cols)
+        lines.append(f"  {row.model + ' ' + row.run_id[:8]:<24} {row.weight:>7.3f} {vals}")
+    if metrics:
+        lines.append(f"  {'ensemble':<24} {'':>7} " + " ".join(f"{metrics.get(c, np.nan):>7.4f}" for c in cols))
+    else:
+        lines.append("  members trained with split=none: no metrics")
+    if search and cfg.method == "rerank":
+        lines.append(f"  re-ranked: validation Recall@{k} {search[f'val_recall_at_{k}']:.4f} on the {search['val_users']:.0f} "
+                     f"validation users early stopping held out (first member alone: "
+                     f"{search[f'val_recall_at_{k}_first_member']:.4f})")
+    elif search:
+        w = ",".join(f"{x:g}" for x in table["weight"])
+        lines.append(f"  searched weights ({cfg.search.method}, {search['search_trials']} tried on the validation "
+                     f"part, val Recall@{k} {search[f'val_recall_at_{k}']:.4f}): weights=[{w}]")
+    lines.append(f"  submission: {out_dir / 'submission.csv'}")
+    if run_id:
+        lines.append(f"  mlflow run: {run_id}")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,74 @@
+"""Weight search: the weight vector that maximises an objective, by grid or Optuna.
+
+It knows nothing of how the weights are used: the caller passes `objective(w) -> float` (a
+validation Recall@k of some fusion), so one search serves every weighted method.
+"""
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from omegaconf import DictConfig
+
+from recmovie.errors import ConfigError
+
+SEARCHES = ("grid", "optuna")
+
+
+def grid_vectors(values, n: int) -> list[np.ndarray]:
+    """Every combination of `values` for n members; vectors equal up to scale are kept once."""
+    out, seen = [], set()
+    for combo in itertools.product([float(v) for v in values], repeat=n):
+        w = np.array(combo)
+        if not (w > 0).any():
+            continue
+        key = tuple(np.round(w / w.max(), 9))
+        if key not in seen:
+            seen.add(key)
+            out.append(w)
+    return out
+
+
+def search_weights(objective: Callable[[np.ndarray], float], n: int, search: DictConfig
+                   ) -> tuple[np.ndarray, float, int]:
+    """The weight vector of n members that maximises `objective`, by `search` (the `search`
+    section: method grid | optuna); returns (weights scaled to max 1, best value, trials)."""
+    if search.method == "grid":
+        tried = [(objective(w), w) for w in grid_vectors(search.grid, n)]
+        best_value, best = max(tried, key=lambda t: t[0])  # first best in grid order: deterministic
+        return best / best.max(), float(best_value), len(tried)
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("search.method", "optuna is not installed: pip install optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=int(search.seed)))
+    with warnings.catch_warnings():  # enqueue_trial is "experimental" in optuna 2.x
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.enqueue_trial({f"w{i}": 1.0 for i in range(n)})
+
+    def trial_value(trial) -> float:
+        w = np.array([trial.suggest_float(f"w{i}", 0.0, 1.0) for i in range(n)])
+        return objective(w) if (w > 0).any() else 0.0
+
+    study.optimize(trial_value, n_trials=int(search.trials))
+    best = np.array([study.best_params[f"w{i}"] for i in range(n)])
+    return best / best.max(), float(study.best_value), len(study.trials)
+
+
+def check_search_config(cfg: DictConfig) -> None:
+    """The `search` section (and that `weights` are not given beside it)."""
+    s = cfg.search
+    if s.method is None:
+        return
+    if s.method not in SEARCHES:
+        raise ConfigError("search.method", f"must be null or one of {list(SEARCHES)}, got {s.method!r}")
+    if cfg.weights is not None:
+        raise ConfigError("weights", "give weights or search.method, not both")
+    if s.method == "grid" and (not s.grid or any(not isinstance(v, (int, float)) or v < 0 for v in s.grid)
+                               or not any(v > 0 for v in s.grid)):
+        raise ConfigError("search.grid", f"must be a list of numbers >= 0, one of them > 0, got {s.grid}")
+    if s.method == "optuna" and (not isinstance(s.trials, int) or s.trials < 1):
+        raise ConfigError("search.trials", f"must be an integer >= 1, got {s.trials!r}")

@@ -1,0 +1,142 @@
+"""How a run fits and selects: fit modes, the validation probe and refit, and `tune`.
+
+The three parts of the data (recmovie/data/prepare.py): the model fits on the FIT part, selects
+(early stopping, epoch count, a `tune` grid point) on the VALIDATION part, and is scored on the
+TEST part, which nothing here ever sees.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, ListConfig
+
+from recmovie.data.prepare import PreparedData
+from recmovie.errors import ConfigError
+from recmovie.evaluation.metrics import evaluate
+from recmovie.evaluation.ranking import TopK, rank, release_year_filter
+from recmovie.models.base import Recommender
+from recmovie.schema import Schema
+from recmovie.tracking import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def fit_mode(cfg: DictConfig, model: Recommender) -> str:
+    """`validate`: fit on the fit part, select on validation, keep that model; `refit`: then fit a
+    fresh copy on the whole training part (for the epoch count found); `everything`: fit once on the
+    whole training part, no validation (closed-form models with split=none: nothing to select)."""
+    has_val = cfg.validation.name != "none"
+    if cfg.refit == "auto":
+        if cfg.split.name == "none":
+            return "refit" if model.trained and has_val else "everything"
+        return "validate" if has_val else "everything"
+    return "refit" if cfg.refit else ("validate" if has_val else "everything")
+
+
+@dataclass
+class Fitted:
+    """What fitting produced: the final model, and the validation ranking it was selected by."""
+
+    model: Recommender
+    val_topk: TopK | None = None
+    val_metrics: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # epochs, best_epoch, refit_epochs
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where gradient trainings keep their state after every epoch (what `resume=<run id>` continues
+    from); removed when the run finishes."""
+    return Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def fit_once(model: Recommender, train: PreparedData, val: PreparedData | None, cfg: DictConfig, run,
+             max_epochs: int | None = None, prefix: str = "") -> dict:
+    """One fit of `model` on `train` (closed form, or Lightning selecting on `val`); the training
+    curves go to the run, prefixed for a refit."""
+    if not model.trained:
+        model.fit(train)
+        for step, metrics in model.fit_log:
+            run.log_metrics({(f"{prefix}-{k}" if prefix else k): v for k, v in metrics.items()}, step=step)
+        return {}
+    # Lightning costs about 5 s of import: only runs of gradient models pay it
+    from recmovie.training import fit_lightning, run_logger
+
+    logger = run_logger(run.run_id, resolve_tracking_uri(cfg.tracking.uri), prefix)
+    # one state file per training of the run (the probe and the refit), so a resumed run
+    # continues the one that was interrupted and skips those that had finished
+    return fit_lightning(model, train, val, cfg, logger, max_epochs=max_epochs,
+                         checkpoint=checkpoint_dir(cfg) / f"{prefix or 'fit'}.ckpt", resume=bool(cfg.get("resume")))
+
+
+def validation_ranking(model: Recommender, fit_data: PreparedData, cfg: DictConfig, depth: int
+                       ) -> tuple[TopK, float]:
+    """The validation users' top `depth` by `model` (fitted on the fit part), and their Recall@k."""
+    users = np.unique(fit_data.holdout.user).astype(np.int64)
+    k = int(cfg.eval.k)
+    top = rank(model, fit_data, k=depth, chunk_size=int(cfg.eval.chunk_size), users=users,
+               item_filter=release_year_filter(cfg.get("filter"), fit_data))
+    return top, evaluate(top.items, top.users, fit_data.holdout, fit_data.n_users, k)[f"recall_at_{k}"]
+
+
+def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> Fitted:
+    """Fit as `fit_mode` says; rank the validation users with the selected model."""
+    mode = fit_mode(cfg, model)
+    if mode == "everything":
+        return Fitted(model, info=fit_once(model, data, None, cfg, run))
+    fit_data = data.fit_part()
+    fresh = copy.deepcopy(model) if mode == "refit" else None  # same initial weights as the probe
+    info = fit_once(model, fit_data, fit_data, cfg, run)
+    val_topk, _ = validation_ranking(model, fit_data, cfg, int(cfg.candidates.n))
+    k = int(cfg.eval.k)
+    val_metrics = {f"val_{key}": v for key, v in evaluate(val_topk.items, val_topk.users, fit_data.holdout,
+                                                          data.n_users, k).items()}
+    if mode == "refit":
+        epochs = None
+        if model.trained:
+            epochs = info["best_epoch"] or info["epochs"]
+            log.info("refit: %d epochs (the validation part's best); training on the whole training part", epochs)
+            info["refit_epochs"] = epochs
+        fit_once(fresh, data, None, cfg, run, max_epochs=epochs, prefix="refit")  # curves: refit-train_loss, ...
+        model = fresh
+    return Fitted(model, val_topk, val_metrics, info)
+
+
+def tune_grid(cfg: DictConfig, model: Recommender, overrides: list[str]) -> dict[str, list]:
+    """The model YAML's `tune` grid, without the keys the command line set (empty: no tuning)."""
+    grid = cfg.model.get("tune") if cfg.get("tune", False) else None
+    if not grid or model.trained:
+        return {}
+    if not isinstance(grid, DictConfig) or not all(isinstance(v, ListConfig) and len(v) for v in grid.values()):
+        raise ConfigError("model.tune", f"must map hyper-parameters to non-empty lists of values, got {grid}")
+    given = {o.split("=", 1)[0].lstrip("+~").removeprefix("model.") for o in overrides if o.lstrip("+~").startswith("model.")}
+    return {key: list(values) for key, values in grid.items() if key not in given}
+
+
+def tune_model(cfg: DictConfig, grid: dict[str, list], data: PreparedData, run, build) -> dict:
+    """Every combination of `grid` fitted on the fit part and scored on the validation part; returns
+    the first best (grid order). `build(values)` makes the model with those values."""
+    fit_data = data.fit_part()
+    k = int(cfg.eval.k)
+    rows = []
+    for values in itertools.product(*grid.values()):
+        chosen = dict(zip(grid, values))
+        model = build(chosen)
+        model.build(Schema.from_data(fit_data))
+        t0 = time.perf_counter()
+        model.fit(fit_data)
+        _, recall = validation_ranking(model, fit_data, cfg, k)
+        rows.append({**chosen, f"val_recall_at_{k}": recall, "seconds": round(time.perf_counter() - t0, 2)})
+        log.info("tune: %s -> val_recall_at_%d %.4f", " ".join(f"{a}={b}" for a, b in chosen.items()), k, recall)
+    best = max(rows, key=lambda r: r[f"val_recall_at_{k}"])
+    chosen = {key: best[key] for key in grid}
+    log.info("tune: chose %s (val_recall_at_%d %.4f of %d tried)", chosen, k, best[f"val_recall_at_{k}"], len(rows))
+    run.log_text(pd.DataFrame(rows).to_csv(index=False), "tune.csv")
+    run.set_tags({"tuned": " ".join(f"{a}={b}" for a, b in chosen.items())})
+    return chosen
