@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from recmovie.cli import quote_overrides, run_cli
+from recmovie.cli import check_output_folder, quote_overrides, run_cli
 from recmovie.config import CONF_DIR
 
 
@@ -21,4 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:] = quote_overrides(sys.argv[1:])  # data.dir=/data/데이터 needs no quotes
+    check_output_folder("predict", sys.argv[1:])
     main()

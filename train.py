@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from recmovie.cli import quote_overrides, run_cli
+from recmovie.cli import check_output_folder, quote_overrides, run_cli
 from recmovie.config import CONF_DIR
 
 
@@ -23,4 +23,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     sys.argv[1:] = quote_overrides(sys.argv[1:])  # data.dir=/data/데이터 needs no quotes
+    check_output_folder("train", sys.argv[1:])
     main()

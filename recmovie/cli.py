@@ -76,3 +76,39 @@ def quote_overrides(argv: list[str]) -> list[str]:
                 break
         out.append(arg)
     return out
+
+
+def check_output_folder(config_name: str, argv: list[str]) -> None:
+    """Stop in one line, before Hydra sets up the run, when the run's folder (hydra.run.dir, or
+    hydra.sweep.dir with -m) cannot be written: Hydra would fail in its logging set-up with a
+    traceback (`Unable to configure handler 'file'`). Nothing is created here; a command line
+    Hydra cannot compose is left for Hydra to report."""
+    import errno
+    import tempfile
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from recmovie.config import CONF_DIR
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        folder = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir))
+    except Exception:
+        return
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a file stands where a folder should", str(probe))
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".recmovie-write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        print(f"error: cannot write the run folder {folder} ({e.strerror}: {e.filename or probe}); "
+              "choose another with hydra.run.dir=... (hydra.sweep.dir=... with -m)", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -91,6 +91,10 @@ def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> F
     if mode == "everything":
         return Fitted(model, info=fit_once(model, data, None, cfg, run))
     fit_data = data.fit_part()
+    if model.trained:
+        log.info("plan: train on the fit part for up to %d epochs, early-stopping on the validation part%s",
+                 int(cfg.trainer.get("max_epochs") or model.params.max_epochs),
+                 "; then train a fresh copy on the whole training part for the best epoch count" if mode == "refit" else "")
     fresh = copy.deepcopy(model) if mode == "refit" else None  # same initial weights as the probe
     info = fit_once(model, fit_data, fit_data, cfg, run)
     val_topk, _ = validation_ranking(model, fit_data, cfg, int(cfg.candidates.n))

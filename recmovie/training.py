@@ -79,6 +79,13 @@ class BestWeights(Callback):
             trainer.callback_metrics["best_score"] = torch.tensor(self.best_score)
 
 
+def duration(seconds: float) -> str:
+    """'45 s', '12 min', '2.3 h': how long, at a glance."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 class EpochReport(Callback):
     """One line per epoch in the log (epoch, training loss, validation Recall@k, best so far,
     seconds), then why training stopped. Lightning's progress bar is the alternative
@@ -88,6 +95,7 @@ class EpochReport(Callback):
         self.monitor = monitor
         self.best = (-float("inf"), -1)
         self.t0 = 0.0
+        self.seconds: list[float] = []  # this process's epochs: what the time left is estimated from
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # a process spawned for DDP (ddp_spawn) starts without the command's logging setup
@@ -117,6 +125,10 @@ class EpochReport(Callback):
                 self.best = (value, trainer.current_epoch + 1)
             parts.append(f"{self.monitor} {value:.4f} (best {self.best[0]:.4f}, epoch {self.best[1]})")
         parts.append(f"{seconds:.1f} s")
+        self.seconds.append(seconds)
+        left = trainer.max_epochs - trainer.current_epoch - 1
+        if left > 0:  # an upper bound: early stopping may end sooner
+            parts.append(f"at most {duration(left * sum(self.seconds) / len(self.seconds))} left")
         if trainer.is_global_zero:
             log.info("  ".join(parts))
 

@@ -19,8 +19,7 @@ from numba import njit, prange
 from recmovie.data.batches import UserBatch
 from recmovie.data.prepare import PreparedData
 from recmovie.models.base import Recommender, check
-from recmovie.models.linear import ItemItemModel
-from recmovie.models.ops import gram
+from recmovie.models.ops import history_times_sparse
 
 WEIGHTINGS = ("none", "tfidf", "bm25")
 
@@ -62,27 +61,61 @@ def row_norms(x: sp.csr_matrix) -> np.ndarray:
     return np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()).astype(np.float32)
 
 
-class ItemKNN(ItemItemModel):
-    """Cosine item-item similarity with shrinkage, each item's `k` nearest neighbours kept:
-    score(u, j) = sum over the user's items i among j's neighbours of w_ui * sim(i, j)."""
+# target items whose similarity column is computed at once: a [n_items, block] float32 array
+# (164 MB at 20k items), never the n_items^2 similarity matrix
+SIMILARITY_BLOCK = 2048
 
+
+class ItemKNN(Recommender):
+    """Cosine item-item similarity with shrinkage, each item's `k` nearest neighbours kept:
+    score(u, j) = sum over the user's items i among j's neighbours of w_ui * sim(i, j).
+
+    The neighbours are a sparse matrix (n_items x k entries, rows = neighbour i, columns = target
+    j), built one block of target columns at a time, and a history is scored by a sparse x sparse
+    product into a dense row per user (ops.history_times_sparse)."""
 
     def __init__(self, k: int = 200, shrink: float = 10.0, weighting: str = "bm25", k1: float = 1.2, b: float = 0.75):
         super().__init__(k=k, shrink=shrink, weighting=weighting, k1=k1, b=b)
         check_neighbours(k, shrink, weighting, k1, b)
+        for name in ("nb_indptr", "nb_indices"):
+            self.register_buffer(name, torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("nb_values", torch.zeros(0))
 
     def fit(self, data: PreparedData) -> None:
         p = self.params
         items = data.train_matrix.T.tocsr()  # items as rows over users
         items = weigh_rows(items, p.weighting, column_idf(items), mean_row_length(items), p.k1, p.b)
-        g = torch.from_numpy(gram(items.T.tocsr()))
-        norms = g.diagonal().clone().sqrt_()
-        sim = g.div_(norms[:, None] * norms[None, :] + p.shrink + 1e-12)
-        sim.diagonal().zero_()
-        k = min(p.k, sim.shape[0])
-        top = torch.topk(sim, k, dim=0)  # neighbours of each target item j: column j
-        pruned = torch.zeros_like(sim).scatter_(0, top.indices, top.values)
-        self.set_matrix(pruned)
+        items = sp.csr_matrix(items, dtype=np.float32)
+        norms = torch.from_numpy(row_norms(items))
+        n, k = items.shape[0], min(p.k, items.shape[0])
+        rows, cols, vals = [], [], []
+        for start in range(0, n, SIMILARITY_BLOCK):
+            stop = min(start + SIMILARITY_BLOCK, n)
+            g = torch.from_numpy(np.ascontiguousarray((items @ items[start:stop].T).toarray(), dtype=np.float32))
+            sim = g.div_(norms[:, None] * norms[None, start:stop] + p.shrink + 1e-12)
+            sim[torch.arange(start, stop), torch.arange(stop - start)] = 0.0
+            top = torch.topk(sim, k, dim=0)  # neighbours of each target item j: column j
+            keep = top.values > 0
+            rows.append(top.indices[keep].numpy())
+            cols.append((torch.arange(start, stop).expand(k, -1))[keep].numpy())
+            vals.append(top.values[keep].numpy())
+        nb = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+        self.set_neighbours(nb)
+
+    def set_neighbours(self, nb: sp.csr_matrix) -> None:
+        nb.sort_indices()
+        self.nb_indptr = torch.from_numpy(nb.indptr.astype(np.int64))
+        self.nb_indices = torch.from_numpy(nb.indices.astype(np.int64))
+        self.nb_values = torch.from_numpy(nb.data.astype(np.float32))
+
+    def neighbours(self) -> sp.csr_matrix:
+        """The kept similarities, sim(i, j) at row i (neighbour), column j (target)."""
+        n = len(self.nb_indptr) - 1
+        return sp.csr_matrix((self.nb_values.numpy(), self.nb_indices.numpy(), self.nb_indptr.numpy()), shape=(n, n))
+
+    def score(self, batch: UserBatch) -> torch.Tensor:
+        return history_times_sparse(batch.to("cpu"), self.nb_indptr.numpy(), self.nb_indices.numpy(),
+                                    self.nb_values.numpy(), len(self.nb_indptr) - 1).to(self.nb_values.device)
 
 
 @njit(cache=True)

@@ -123,3 +123,25 @@ def history_times(batch: UserBatch, tiles: np.ndarray, n_cols: int) -> torch.Ten
     _history_times(batch.indptr.numpy(), batch.indices.numpy(), batch.values.numpy().astype(np.float32, copy=False),
                    tiles, out)
     return torch.from_numpy(out)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _history_times_sparse(indptr, indices, data, m_indptr, m_indices, m_data, out):  # pragma: no cover - numba
+    for r in prange(len(indptr) - 1):
+        row = out[r]
+        row[:] = 0.0
+        for p in range(indptr[r], indptr[r + 1]):
+            w = data[p]
+            i = indices[p]
+            for q in range(m_indptr[i], m_indptr[i + 1]):
+                row[m_indices[q]] += w * m_data[q]
+
+
+def history_times_sparse(batch: UserBatch, m_indptr: np.ndarray, m_indices: np.ndarray, m_data: np.ndarray,
+                         n_cols: int) -> torch.Tensor:
+    """Scores = (users' weighted histories) @ M for a sparse items x items M (CSR arrays): a dense
+    accumulator row per user, each output row depending only on that user's history."""
+    out = np.empty((len(batch), n_cols), np.float32)
+    _history_times_sparse(batch.indptr.numpy(), batch.indices.numpy(),
+                          batch.values.numpy().astype(np.float32, copy=False), m_indptr, m_indices, m_data, out)
+    return torch.from_numpy(out)

@@ -31,10 +31,11 @@ class PairwiseRecommender(LitRecommender):
     view = "pairs"
 
     def __init__(self, *, dim: int = 64, loss: str = "bpr", n_negatives: int = 4, sampling: str = "uniform",
-                 reg: float = 0.01, init_std: float = 0.1, lr: float = 0.008, batch_size: int = 4096,
-                 patience: int = 5, **params):
+                 reg: float = 0.01, init_std: float = 0.1, lr: float = 0.008, weight_decay: float = 0.0,
+                 batch_size: int = 4096, patience: int = 5, select_on: str = "all", **params):
         super().__init__(dim=dim, loss=loss, n_negatives=n_negatives, sampling=sampling, reg=reg, init_std=init_std,
-                         lr=lr, batch_size=batch_size, patience=patience, **params)
+                         lr=lr, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
+                         select_on=select_on, **params)
         check_pairwise(dim, loss, n_negatives, sampling, reg, init_std)
 
     def view_options(self) -> dict:

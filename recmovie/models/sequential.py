@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recmovie.data.batches import SequenceBatch, UserBatch
+from recmovie.data.text import ENCODERS
 from recmovie.data.views import left_padded
 from recmovie.models.base import check
 from recmovie.models.layers import init_weights
@@ -103,9 +104,10 @@ class SequentialRecommender(LitRecommender):
     next_item = True  # False: cloze (BERT4Rec)
 
     def __init__(self, *, max_len: int, dim: int = 64, dropout: float, loss: str = "ce",
-                 negatives: int = 256, gbce_t: float = 0.75, bpreg: float = 1.0, **training):
+                 negatives: int = 256, gbce_t: float = 0.75, bpreg: float = 1.0, weight_decay: float = 0.0,
+                 batch_size: int = 64, **training):
         super().__init__(max_len=max_len, dim=dim, dropout=dropout, loss=loss, negatives=negatives, gbce_t=gbce_t,
-                         bpreg=bpreg, **training)
+                         bpreg=bpreg, weight_decay=weight_decay, batch_size=batch_size, **training)
         check(isinstance(max_len, int) and max_len >= 2, "max_len", f"must be an integer >= 2, got {max_len!r}")
         check(isinstance(dim, int) and dim >= 1, "dim", f"must be an integer >= 1, got {dim!r}")
         check(0.0 <= dropout < 1.0, "dropout", f"must be in [0, 1), got {dropout}")
@@ -188,9 +190,10 @@ class SASRec(SequentialRecommender):
     Macdonald 2023)."""
 
 
-    def __init__(self, layers: int = 2, heads: int = 2, ff_mult: int = 1, **params):
-        super().__init__(**params)
-        self.params.update(layers=layers, heads=heads, ff_mult=ff_mult)
+    def __init__(self, *, layers: int = 2, heads: int = 2, ff_mult: int = 1, max_len: int = 100, dropout: float = 0.5,
+                 lr: float = 0.001, max_epochs: int = 150, patience: int = 10, select_on: str = "last", **params):
+        super().__init__(layers=layers, heads=heads, ff_mult=ff_mult, max_len=max_len, dropout=dropout, lr=lr,
+                         max_epochs=max_epochs, patience=patience, select_on=select_on, **params)
         check(isinstance(layers, int) and layers >= 1, "layers", f"must be an integer >= 1, got {layers!r}")
         check(isinstance(heads, int) and heads >= 1 and self.params.dim % heads == 0, "heads",
               f"must be an integer >= 1 dividing dim ({self.params.dim}), got {heads!r}")
@@ -217,9 +220,10 @@ class BERT4Rec(SASRec):
     next_item = False
     causal = False
 
-    def __init__(self, mask_prob: float = 0.2, ff_mult: int = 4, **params):
-        super().__init__(ff_mult=ff_mult, **params)
-        self.params.update(mask_prob=mask_prob)
+    def __init__(self, *, mask_prob: float = 0.2, ff_mult: int = 4, dropout: float = 0.2, lr: float = 0.005,
+                 patience: int = 8, select_on: str = "all", **params):
+        super().__init__(mask_prob=mask_prob, ff_mult=ff_mult, dropout=dropout, lr=lr, patience=patience,
+                         select_on=select_on, **params)
         check(0.0 < mask_prob < 1.0, "mask_prob", f"must be in (0, 1), got {mask_prob}")
 
     def build(self, schema) -> None:
@@ -258,9 +262,10 @@ class GRU4Rec(SequentialRecommender):
     scored against the tied item table (full softmax by default: the 2018 paper's CE)."""
 
 
-    def __init__(self, hidden: int = 128, layers: int = 1, **params):
-        super().__init__(**params)
-        self.params.update(hidden=hidden, layers=layers)
+    def __init__(self, *, hidden: int = 128, layers: int = 1, max_len: int = 50, dropout: float = 0.2,
+                 lr: float = 0.003, max_epochs: int = 100, patience: int = 6, select_on: str = "all", **params):
+        super().__init__(hidden=hidden, layers=layers, max_len=max_len, dropout=dropout, lr=lr, max_epochs=max_epochs,
+                         patience=patience, select_on=select_on, **params)
         check(isinstance(hidden, int) and hidden >= 1, "hidden", f"must be an integer >= 1, got {hidden!r}")
         check(isinstance(layers, int) and layers >= 1, "layers", f"must be an integer >= 1, got {layers!r}")
 
@@ -311,13 +316,10 @@ class GRU4RecTitles(GRU4Rec):
     kept in the checkpoint (a buffer), so predict.py needs neither the titles nor the encoder."""
 
 
-    def __init__(self, text_fields: tuple[str, ...] | list[str] = ("title",), text_encoder: str = "tfidf",
+    def __init__(self, *, text_fields: tuple[str, ...] | list[str] = ("title",), text_encoder: str = "tfidf",
                  text_dim: int = 64, **params):
-        super().__init__(**params)
-        from recmovie.data.text import ENCODERS
-
         fields = list(text_fields) if isinstance(text_fields, (list, tuple)) else [text_fields]
-        self.params.update(text_fields=fields, text_encoder=text_encoder, text_dim=text_dim)
+        super().__init__(text_fields=fields, text_encoder=text_encoder, text_dim=text_dim, **params)
         check(len(fields) >= 1 and all(isinstance(f, str) for f in fields), "text_fields",
               f"must be a non-empty list of side-field names (title, genre, ...), got {text_fields!r}")
         check(text_encoder in ENCODERS, "text_encoder", f"must be one of {list(ENCODERS)}, got {text_encoder!r}")
