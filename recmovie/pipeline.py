@@ -160,7 +160,8 @@ def open_data(job: Job, run) -> PreparedData:
 def tune(job: Job, data: PreparedData, run) -> None:
     """Search the `tune` grid on the validation part; the chosen values become the job's model."""
     if job.grid and len(data.validation):
-        chosen = tune_model(job.cfg, job.grid, data, run, job.build)
+        extendable = list(job.cfg.model.get("tune_extend") or [])
+        chosen = tune_model(job.cfg, job.grid, data, run, job.build, extendable)
         job.model = job.build(chosen)
         job.resolved["model"].update(chosen)
     elif job.grid:

@@ -32,7 +32,7 @@ def key_params(run) -> str:
     """The model's own hyper-parameters, plus confidence and loss when they are not the default."""
     params = run.data.params
     parts = [f"{k[len('model.'):]}={v}" for k, v in sorted(params.items())
-             if k.startswith("model.") and k not in SKIPPED_PARAMS and not k.startswith("model.tune.")]
+             if k.startswith("model.") and k not in SKIPPED_PARAMS and not k.startswith(("model.tune.", "model.tune_extend"))]
     tags = run.data.tags
     parts += [f"{name}={tags[name]}" for name in ("confidence", "loss")
               if tags.get(name, "none") not in ("none", "") and f"model.{name}" not in params]

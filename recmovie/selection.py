@@ -123,23 +123,61 @@ def tune_grid(cfg: DictConfig, model: Recommender, overrides: list[str]) -> dict
     return {key: list(values) for key, values in grid.items() if key not in given}
 
 
-def tune_model(cfg: DictConfig, grid: dict[str, list], data: PreparedData, run, build) -> dict:
-    """Every combination of `grid` fitted on the fit part and scored on the validation part; returns
-    the first best (grid order). `build(values)` makes the model with those values."""
+def outward_point(grid: dict[str, list], best: dict, extendable: list[str], tried: list[dict]) -> dict | None:
+    """A point one geometric step past the grid's edge, for the first `extendable` key whose best
+    value is the largest (or smallest, above 0) tried: the grid's own ratio between its two outermost
+    values is the step. None when the best is inside the grid on every extendable key."""
+    for key in extendable:
+        values = sorted(v for v in grid[key] if isinstance(v, (int, float)) and not isinstance(v, bool))
+        if len(values) < 2 or best[key] not in (values[0], values[-1]):
+            continue
+        if best[key] == values[-1] and values[-2] > 0:
+            new = values[-1] * values[-1] / values[-2]
+        elif best[key] == values[0] and values[0] > 0:
+            new = values[0] * values[0] / values[1]
+        else:
+            continue
+        new = max(1, round(new)) if all(isinstance(v, int) for v in values) else float(f"{new:.3g}")
+        point = {**best, key: new}
+        if new not in grid[key] and point not in tried:
+            grid[key] = [*grid[key], new]
+            return point
+    return None
+
+
+def tune_model(cfg: DictConfig, grid: dict[str, list], data: PreparedData, run, build,
+               extendable: list[str] = ()) -> dict:
+    """Every combination of `grid` fitted on the fit part and scored on the validation part; while
+    the best lies on the grid's edge for an `extendable` key, one more point outward (at most
+    `tune_extra_points`). Returns the first best (grid order). `build(values)` makes the model."""
     fit_data = data.fit_part()
     k = int(cfg.eval.k)
-    rows = []
-    for values in itertools.product(*grid.values()):
-        chosen = dict(zip(grid, values))
+    rows, tried = [], []
+    t_start = time.perf_counter()
+
+    def score(chosen: dict) -> None:
         model = build(chosen)
         model.build(Schema.from_data(fit_data))
         t0 = time.perf_counter()
         model.fit(fit_data)
         _, recall = validation_ranking(model, fit_data, cfg, k)
         rows.append({**chosen, f"val_recall_at_{k}": recall, "seconds": round(time.perf_counter() - t0, 2)})
+        tried.append(chosen)
         log.info("tune: %s -> val_recall_at_%d %.4f", " ".join(f"{a}={b}" for a, b in chosen.items()), k, recall)
+
+    grid = {key: list(values) for key, values in grid.items()}
+    for values in itertools.product(*grid.values()):
+        score(dict(zip(grid, values)))
     best = max(rows, key=lambda r: r[f"val_recall_at_{k}"])
+    for _ in range(int(cfg.get("tune_extra_points", 0))):
+        point = outward_point(grid, {key: best[key] for key in grid}, [e for e in extendable if e in grid], tried)
+        if point is None:
+            break
+        log.info("tune: the best lies on the grid's edge; trying %s", " ".join(f"{a}={b}" for a, b in point.items()))
+        score(point)
+        best = max(rows, key=lambda r: r[f"val_recall_at_{k}"])
     chosen = {key: best[key] for key in grid}
+    run.log_metrics({"tune_seconds": time.perf_counter() - t_start})
     log.info("tune: chose %s (val_recall_at_%d %.4f of %d tried)", chosen, k, best[f"val_recall_at_{k}"], len(rows))
     run.log_text(pd.DataFrame(rows).to_csv(index=False), "tune.csv")
     run.set_tags({"tuned": " ".join(f"{a}={b}" for a, b in chosen.items())})

@@ -48,22 +48,6 @@ def test_wrong_values_name_the_key(tmp_path, overrides, key):
     assert e.value.key == key
 
 
-@pytest.mark.parametrize(
-    "overrides, key",
-    [
-        (["model=ease", "model.l2=-5"], "model.l2"),
-        (["model=ease", "model.dtype=float16"], "model.dtype"),
-        (["model=itemknn", "model.k=0"], "model.k"),
-        (["model=genre_rule", "model.n_genres=0"], "model.n_genres"),
-    ],
-)
-def test_wrong_model_values_name_the_key(tmp_path, overrides, key):
-    cfg = make_config(tmp_path, overrides)
-    with pytest.raises(ConfigError) as e:
-        build_model(OmegaConf.to_container(cfg.model, resolve=True))
-    assert e.value.key == key
-
-
 def test_unknown_model_and_unknown_key_are_refused_by_composition(tmp_path):
     with pytest.raises(ConfigCompositionException):
         make_config(tmp_path, ["model=nosuchmodel"])

@@ -12,7 +12,8 @@ from recmovie.config import CONF_DIR
 from recmovie.data.prepare import prepare_data
 from recmovie.data.synthetic import generate_synthetic, write_competition_folder
 from recmovie.evaluation.ranking import rank
-from recmovie.models.base import Recommender, build_model, load_checkpoint, plain, save_checkpoint
+from recmovie.errors import ConfigError
+from recmovie.models.base import Recommender, build_model, load_checkpoint, model_from_yaml, plain, save_checkpoint
 from recmovie.schema import Schema
 from tests.conftest import make_config
 
@@ -84,3 +85,29 @@ def test_a_checkpoint_that_holds_objects_is_refused(tmp_path):
     path.write_text("not a checkpoint")
     with pytest.raises(DataError, match="not a recmovie checkpoint"):
         load_checkpoint(path)
+
+
+# one bad value per hyper-parameter check, every family: refused by the constructor (before any data
+# is read), naming the key
+BAD_VALUES = [
+    ("ease", "l2", -5.0), ("ease", "dtype", "float16"), ("itemknn", "k", 0), ("genre_rule", "n_genres", 0),
+    ("userknn", "weighting", "idf"), ("admm_slim", "rho", 0.0), ("edlae", "dropout", 1.0), ("als", "alpha", -1.0),
+    ("bpr_mf", "sampling", "hard"), ("bpr_mf", "n_negatives", 0), ("bpr_mf", "loss", "multinomial"),
+    ("multivae", "dropout", 1.0), ("multivae", "beta", -0.1), ("multivae", "anneal_steps", -5),
+    ("multidae", "hidden", [0]), ("multivae", "hidden", 600), ("ae", "activation", "swish"), ("dae", "loss", "bpr"),
+    ("recvae", "prior_weights", [0.5, 0.5, 0.5]), ("recvae", "gamma", -1.0), ("recvae", "enc_passes", 0),
+    ("recvae", "hidden", [600]), ("sasrec", "max_len", 1), ("sasrec", "heads", 3), ("sasrec", "loss", "multinomial"),
+    ("sasrec", "negatives", 0), ("fm", "score_budget_mb", 0), ("deepfm", "hidden", []),
+]
+
+
+@pytest.mark.parametrize("name, key, value", BAD_VALUES, ids=lambda v: str(v))
+def test_a_bad_hyper_parameter_is_refused_naming_its_key(name, key, value):
+    with pytest.raises(ConfigError) as e:
+        model_from_yaml(name, **{key: value})
+    assert e.value.key == f"model.{key}"
+
+
+def test_a_pairwise_combination_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="model.sampling"):
+        model_from_yaml("bpr_mf", loss="sampled_softmax", sampling="popularity")

@@ -437,3 +437,19 @@ def test_a_korean_folder_name_needs_no_quotes(tmp_path, tiny_dir):
                        text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "submission:" in p.stdout
+
+
+def test_an_unwritable_run_folder_stops_in_one_line_and_creates_nothing(tmp_path, capsys):
+    from recmovie.cli import check_output_folder
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as e:
+        check_output_folder("train", [f"hydra.run.dir={blocker}/run"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write the run folder") and str(blocker) in err[0]
+    with pytest.raises(SystemExit):
+        check_output_folder("train", ["-m", f"hydra.sweep.dir={blocker}/sweep"])
+    check_output_folder("train", [f"hydra.run.dir={tmp_path}/fine/run"])  # a writable place passes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # and nothing was created

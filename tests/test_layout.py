@@ -120,7 +120,7 @@ def test_every_model_yaml_names_itself_and_its_class_takes_every_key():
         assert spec["name"] == stem
         cls = model_class(spec["_target_"])
         params = {n for c in cls.__mro__ if "__init__" in vars(c) for n in inspect.signature(c.__init__).parameters}
-        assert set(spec) - {"_target_", "name", "tune"} <= params, stem
+        assert set(spec) - {"_target_", "name", "tune", "tune_extend"} <= params, stem
 
 
 @pytest.mark.parametrize("path", CONF_MODELS, ids=lambda p: p.stem)

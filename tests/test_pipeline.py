@@ -131,7 +131,7 @@ def test_a_store_that_cannot_be_opened_stops_the_run_before_the_fit(small_config
 def test_tune_chooses_the_grid_value_on_validation_and_logs_it(small_config, monkeypatch):
     import recmovie.pipeline as pipeline
 
-    cfg = small_config(["model=itemknn", "tune=true", "model.tune.k=[5,100]"])
+    cfg = small_config(["model=itemknn", "tune=true", "model.tune.k=[5,100]", "tune_extra_points=0"])
     train(cfg)
     (run,) = _runs(cfg)
     chosen = run.data.tags["tuned"]

@@ -15,7 +15,7 @@ from recmovie.data.views import VIEWS, left_padded, sequence_batch
 from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import rank
-from recmovie.models.base import build_model, model_from_yaml
+from recmovie.models.base import build_model
 from recmovie.models.baselines import Popularity
 from recmovie.models.losses import bpr_max, full_softmax_ce, gbce_beta, sampled_bce, sampled_softmax
 from recmovie.models.sequential import BERT4Rec, GRU4Rec, SASRec
@@ -186,12 +186,6 @@ def test_bert4rec_masks_at_least_one_item_per_sequence():
     inputs, where, targets, _ = bert.targets(batch)
     assert (where.sum(1) >= 1).all() and not where[0, :2].any()
     assert (inputs[where] == bert.schema.mask_item).all() and torch.equal(targets, items[where])
-
-
-@pytest.mark.parametrize("key, value", [("max_len", 1), ("heads", 3), ("loss", "multinomial"), ("negatives", 0)])
-def test_bad_hyper_parameters_are_refused_by_name(key, value):
-    with pytest.raises(ConfigError, match=f"model.{key}"):
-        model_from_yaml("sasrec", **{key: value})
 
 
 # ------------------------------------------------------------------ learning

@@ -130,7 +130,8 @@ def build_model(model_cfg: dict, loss: str | None = None, features: dict | None 
     cfg = dict(model_cfg)
     target = cfg.pop("_target_", None)
     name = cfg.pop("name", None)
-    cfg.pop("tune", None)  # the grid the pipeline chooses values from (recmovie.pipeline.tune_model), not an argument
+    cfg.pop("tune", None)  # the grid `tune` chooses values from (recmovie.selection.tune_model), not an argument
+    cfg.pop("tune_extend", None)  # the grid's keys it may extend past the edges
     if not target:
         raise ConfigError("model._target_", "missing: a model config names its class in `_target_`")
     cls = model_class(target)
