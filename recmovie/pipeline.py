@@ -157,6 +157,32 @@ def open_data(job: Job, run) -> PreparedData:
     return data
 
 
+def available_memory() -> int | None:
+    """Bytes the kernel reports as available (Linux's MemAvailable); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(model: Recommender, data: PreparedData) -> None:
+    """Say it before the work: a model whose matrices cannot fit in the memory left stops here, in
+    one line, with the figure and what helps; one that takes more than half of it is warned about."""
+    need = model.memory_needed(Schema.from_data(data))
+    free = available_memory()
+    if need is None or free is None:
+        return
+    gb = f"about {need[0] / 2**30:.1f} GB for its {data.n_items:,} x {data.n_items:,} item matrices, " \
+         f"{free / 2**30:.1f} GB available"
+    if need[0] > free:
+        raise ConfigError("model", f"{type(model).__name__} needs {gb}: try {need[1]}")
+    if need[0] > free / 2:
+        log.warning("%s needs %s", type(model).__name__, gb)
+
+
 def tune(job: Job, data: PreparedData, run) -> None:
     """Search the `tune` grid on the validation part; the chosen values become the job's model."""
     if job.grid and len(data.validation):
@@ -208,6 +234,7 @@ def train(cfg: DictConfig) -> float | None:
                    bool(cfg.tracking.enabled) and rank_zero, overlap=True, resume=cfg.get("resume")) as run:
         try:
             data = open_data(job, run)
+            check_memory(job.model, data)
             tune(job, data, run)
             torch.manual_seed(int(cfg.seed))  # initial weights of gradient models
             job.model.build(Schema.from_data(data))

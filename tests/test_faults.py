@@ -20,6 +20,7 @@ from omegaconf import open_dict
 
 from recmovie.cli import INTERRUPTED, quote_overrides, run_cli
 from recmovie.data.synthetic import generate_synthetic, write_competition_folder
+from recmovie.errors import ConfigError
 from recmovie.pipeline import predict, train
 from tests.conftest import REPO, make_config
 
@@ -453,3 +454,13 @@ def test_an_unwritable_run_folder_stops_in_one_line_and_creates_nothing(tmp_path
         check_output_folder("train", ["-m", f"hydra.sweep.dir={blocker}/sweep"])
     check_output_folder("train", [f"hydra.run.dir={tmp_path}/fine/run"])  # a writable place passes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # and nothing was created
+
+
+def test_a_model_that_cannot_fit_in_memory_stops_before_the_fit_naming_the_figure(tmp_path, tiny_dir, monkeypatch,
+                                                                                   capsys):
+    import recmovie.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 1000)  # bytes
+    monkeypatch.setattr(pipeline, "fit_model", lambda *a, **k: pytest.fail("fitted"))
+    with pytest.raises(ConfigError, match=r"EASE needs about .* GB for its .* item matrices.*try .*fewer items"):
+        train(config(tmp_path, tiny_dir, "model=ease", "tune=false"))

@@ -18,7 +18,7 @@ import torch
 
 from recmovie.data.batches import UserBatch
 from recmovie.data.prepare import PreparedData
-from recmovie.ensemble.pool import Pool, ranked_lists, standardised
+from recmovie.ensemble.pool import Pool, group_starts, position_in_group, ranked_lists, standardised
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import topk_unseen
 
@@ -42,10 +42,62 @@ def recall_of(topk_items: np.ndarray, users: np.ndarray, data: PreparedData, k: 
 
 def pool_objective(pool: Pool, data: PreparedData, method: str, rrf_k: float, k: int
                    ) -> Callable[[np.ndarray], float]:
-    """Recall@k on `data`'s holdout of the pool fused with weights w: a weight search's objective."""
+    """Recall@k on `data`'s holdout of the pool fused with weights w (a weight search's objective):
+    the figure `ranked_lists` + `evaluate` give, without either per call. The pool is laid out once
+    as a [users, rows] grid; each call takes every user's top k by the fused value (ties: the first
+    member's rank, then the item) with one partition over the grid."""
+    big = np.iinfo(np.int64).max
+    starts = group_starts(pool.users)
+    counts = np.diff(np.r_[starts, len(pool.users)])
+    pool_users = pool.users[starts]
+    hidden = data.holdout
+    known = hidden.item >= 0
+    hidden_users, n_hidden = np.unique(hidden.user, return_counts=True)
+    denominator = np.zeros(data.n_users)
+    denominator[hidden_users] = np.minimum(k, n_hidden)
+    is_hidden = np.isin(pool.users * data.n_items + pool.items,
+                        hidden.user[known].astype(np.int64) * data.n_items + hidden.item[known].astype(np.int64))
+    # a user with fewer than k pool rows (or none) keeps all of them and the same popularity fill
+    # whatever the weights: those users' hits are counted once, on the exact path
+    long = counts >= k
+    fixed = np.setdiff1d(hidden_users, pool_users[long])
+    topk, _ = ranked_lists(pool, np.zeros(len(pool.users)), data, k, k)
+    hit = (topk.items[hidden.user, :k] == hidden.item[:, None]).any(1) & known
+    per_user = np.bincount(hidden.user, weights=hit, minlength=data.n_users)
+    fixed_hits = float((per_user[fixed] / denominator[fixed]).sum()) if len(fixed) else 0.0
+    # the long users' rows in a [users, width] grid
+    in_long = np.repeat(long, counts)
+    rows = np.repeat(np.arange(int(long.sum())), counts[long])
+    width = int(counts[long].max(initial=k))
+    flat = rows * width + position_in_group(pool.users)[in_long]
+    shape = (int(long.sum()), width)
+    label = np.zeros(shape[0] * width, bool)
+    label[flat] = is_hidden[in_long]
+    label = label.reshape(shape)
+    tie = np.full(shape[0] * width, big, np.int64)
+    tie[flat] = pool.ranks[in_long, 0].astype(np.int64) * data.n_items + pool.items[in_long]
+    tie = tie.reshape(shape)
+    user_weight = np.where(denominator[pool_users[long]] > 0, 1.0 / np.maximum(denominator[pool_users[long]], 1), 0.0)
+    n_eval = max(len(hidden_users), 1)
+
     def recall(w: np.ndarray) -> float:
-        topk, _ = ranked_lists(pool, fuse(pool, method, w, rrf_k), data, k, k)
-        return recall_of(topk.items, topk.users, data, k)
+        values = np.full(shape[0] * width, -np.inf)
+        values[flat] = fuse(pool, method, w, rrf_k)[in_long]
+        values = values.reshape(shape)
+        kth = np.partition(values, width - k, axis=1)[:, width - k, None]
+        chosen = values > kth
+        tied = values == kth
+        need = k - chosen.sum(1)
+        # where more items tie at the k-th value than places are left, the lowest tie keys win
+        crowded = np.flatnonzero(tied.sum(1) > need)
+        plain = np.ones(shape[0], bool)
+        plain[crowded] = False
+        chosen[plain] |= tied[plain]
+        if len(crowded):
+            keys = np.where(tied[crowded], tie[crowded], big)
+            cut = np.take_along_axis(np.sort(keys, axis=1), (need[crowded] - 1)[:, None], axis=1)
+            chosen[crowded] |= keys <= cut
+        return (fixed_hits + float(((label & chosen).sum(1) * user_weight).sum())) / n_eval
 
     return recall
 

@@ -27,6 +27,7 @@ Features of a (user, candidate) pair, `FEATURES`:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,23 @@ class Ranker:
         return dict(zip(self.names, (float(v) for v in gain)))
 
 
+def round_report(total: int, every: int = 50):
+    """A LightGBM callback: a log line every `every` rounds with the held-out NDCG and the time left
+    at most (early stopping may end sooner)."""
+    t0 = time.perf_counter()
+
+    def report(env) -> None:
+        done = env.iteration + 1
+        if done % every:
+            return
+        spent = time.perf_counter() - t0
+        value = env.evaluation_result_list[0][2] if env.evaluation_result_list else float("nan")
+        log.info("ranker: round %d/%d, held-out NDCG %.4f, %.0f s so far, at most %.0f s left",
+                 done, total, value, spent, spent / done * (total - done))
+
+    return report
+
+
 def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str], cfg) -> Ranker:
     """LambdaRank on the validation users' candidates; a random `valid_share` of the users is held
     out for early stopping (NDCG@k) and for the validation figure. Users with no hidden item among
@@ -149,7 +167,8 @@ def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str]
               "deterministic": True, "force_col_wise": True, "num_threads": int(cfg["threads"]), **dict(cfg["params"])}
     evals: dict = {}
     booster = lgb.train(params, train, num_boost_round=int(cfg["rounds"]), valid_sets=[valid], valid_names=["valid"],
-                        callbacks=[lgb.early_stopping(int(cfg["patience"]), verbose=False), lgb.record_evaluation(evals)])
+                        callbacks=[lgb.early_stopping(int(cfg["patience"]), verbose=False), lgb.record_evaluation(evals),
+                                   round_report(int(cfg["rounds"]))])
     rounds = booster.best_iteration or booster.current_iteration()
     curve = evals["valid"][f"ndcg@{k}"]
     log.info("ranker: %d rounds (best of %d), held-out NDCG@%d %.4f, %d validation users, %d of them held out",

@@ -6,6 +6,8 @@ validation Recall@k of some fusion), so one search serves every weighted method.
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 import warnings
 from collections.abc import Callable
 
@@ -14,7 +16,25 @@ from omegaconf import DictConfig
 
 from recmovie.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 SEARCHES = ("grid", "optuna")
+
+
+class Progress:
+    """A log line every `every` trials (and after the last): trials done, the best value so far and
+    the time left, estimated from the mean trial so far."""
+
+    def __init__(self, total: int, every: int = 10):
+        self.total, self.every, self.done, self.t0 = total, every, 0, time.perf_counter()
+
+    def step(self, best: float) -> None:
+        self.done += 1
+        if self.done % self.every and self.done != self.total:
+            return
+        spent = time.perf_counter() - self.t0
+        log.info("weight search: %d/%d tried, best validation Recall %.4f, %.0f s so far, about %.0f s left",
+                 self.done, self.total, best, spent, spent / self.done * (self.total - self.done))
 
 
 def grid_vectors(values, n: int) -> list[np.ndarray]:
@@ -36,7 +56,12 @@ def search_weights(objective: Callable[[np.ndarray], float], n: int, search: Dic
     """The weight vector of n members that maximises `objective`, by `search` (the `search`
     section: method grid | optuna); returns (weights scaled to max 1, best value, trials)."""
     if search.method == "grid":
-        tried = [(objective(w), w) for w in grid_vectors(search.grid, n)]
+        vectors = grid_vectors(search.grid, n)
+        progress = Progress(len(vectors))
+        tried = []
+        for w in vectors:
+            tried.append((objective(w), w))
+            progress.step(max(t[0] for t in tried))
         best_value, best = max(tried, key=lambda t: t[0])  # first best in grid order: deterministic
         return best / best.max(), float(best_value), len(tried)
     try:
@@ -53,7 +78,9 @@ def search_weights(objective: Callable[[np.ndarray], float], n: int, search: Dic
         w = np.array([trial.suggest_float(f"w{i}", 0.0, 1.0) for i in range(n)])
         return objective(w) if (w > 0).any() else 0.0
 
-    study.optimize(trial_value, n_trials=int(search.trials))
+    progress = Progress(int(search.trials))
+    study.optimize(trial_value, n_trials=int(search.trials),
+                   callbacks=[lambda study, trial: progress.step(study.best_value)])
     best = np.array([study.best_params[f"w{i}"] for i in range(n)])
     return best / best.max(), float(study.best_value), len(study.trials)
 

@@ -74,6 +74,11 @@ class Recommender(torch.nn.Module):
         """[len(batch), n_items] scores, higher is better; training items are masked by the caller."""
         raise NotImplementedError
 
+    def memory_needed(self, schema: Schema) -> tuple[int, str] | None:
+        """Bytes the fit and the ranking hold beyond the data, where that is large and known
+        before the fit (an items x items matrix), and the option that lowers it; None: small."""
+        return None
+
     def score_items(self, batch: UserBatch, items: torch.Tensor) -> torch.Tensor:
         """[B, C] scores of the candidates `items` [B, C] (dense ids; -1 = no candidate, its score
         is ignored). Default: gathered from `score`; models whose score of one item is cheap

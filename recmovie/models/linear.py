@@ -20,6 +20,15 @@ class ItemItemModel(Recommender):
         self.register_buffer("B", torch.zeros(0, 0))
         self._tiles: np.ndarray | None = None
 
+    matrices = 2  # items x items matrices held at once in the model's own dtype (the Gram/inverse and B)
+
+    def memory_needed(self, schema) -> tuple[int, str] | None:
+        itemsize = 8 if self.params.get("dtype") == "float64" else 4
+        # plus the ranking kernel's float32 column tiles of B
+        need = schema.n_items ** 2 * (self.matrices * itemsize + 4)
+        hint = "model.dtype=float32, " if itemsize == 8 else ""
+        return need, f"{hint}fewer items (drop rare ones from the data), or a machine with more memory"
+
     def set_matrix(self, b: np.ndarray | torch.Tensor) -> None:
         # row-major: the ranking kernel's tiles are cut from rows, and a column-major B costs a copy there
         self.B = torch.as_tensor(b, dtype=torch.float32).contiguous()
@@ -213,6 +222,8 @@ class ADMMSLIM(ItemItemModel):
     """
 
 
+    matrices = 5  # P, B, C, U and a product
+
     def __init__(self, l2: float = 200.0, l1: float = 0.0, rho: float = 1000.0, nonneg: bool = True,
                  iterations: int = 2, dtype: str = "float32"):
         super().__init__(l2=l2, l1=l1, rho=rho, nonneg=nonneg, iterations=iterations, dtype=dtype)
@@ -273,6 +284,12 @@ class HybridEASE(ItemItemModel):
     4 GB at the competition's 31k users."""
 
     per_user_state = True
+
+    def memory_needed(self, schema) -> tuple[int, str] | None:
+        need, hint = super().memory_needed(schema)
+        itemsize = 8 if self.params.dtype == "float64" else 4
+        # the users x users inverse and the dense users x items rows C X
+        return need + schema.n_users ** 2 * itemsize + schema.n_users * schema.n_items * 4, hint
 
     def __init__(self, l2: float = 500.0, user_l2: float = 1000.0, alpha: float = 0.6, dtype: str = "float32"):
         super().__init__(l2=l2, user_l2=user_l2, alpha=alpha, dtype=dtype)

@@ -12,6 +12,8 @@ from recmovie.ensemble.members import member_models
 from recmovie.ensemble.pool import standardised
 from recmovie.errors import ConfigError
 from tests.ensemble.helpers import ensemble_config
+from recmovie.ensemble.fusion import fuse
+from recmovie.ensemble.pool import build_pool
 from tests.ensemble.helpers import lists, order, tiny_data
 
 
@@ -71,3 +73,36 @@ def test_full_score_blend_reloads_the_members_and_searches_on_validation(members
     with pytest.raises(ConfigError, match="`full_scores`.*fitted without the validation part"):
         run_ensemble(ensemble_config(tmp_path / "n", members, [none_runs, "method=score_blend", "full_scores=true",
                                                                "search.method=grid"]))
+
+
+@pytest.mark.parametrize("method", ["rank_vote", "rrf", "score_blend"])
+def test_the_weight_search_objective_equals_ranking_then_scoring(method):
+    """pool_objective's shortcut against ranked_lists + evaluate, on pools with many ties, users short
+    of k items, users with no pool rows and hidden items outside the pool."""
+    from recmovie.data.split import Holdout
+    from recmovie.ensemble.fusion import pool_objective
+    from recmovie.ensemble.pool import ranked_lists
+    from recmovie.evaluation.metrics import evaluate
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, k = 60, 40, 5
+    seen = {u: list(rng.choice(n_items, 3, replace=False)) for u in range(n_users)}
+    data = tiny_data(seen, n_items)
+    members = []
+    for m in range(3):
+        member = {}
+        for u in range(n_users - 4):  # the last users: no pool rows, the popularity fill only
+            unseen = [i for i in range(n_items) if i not in seen[u]]
+            member[u] = list(rng.choice(unseen, int(rng.integers(2, 12)), replace=False))  # some short of k
+        members.append(member)
+    scores = [{u: list(np.round(rng.random(len(items)), 1)) for u, items in m.items()} for m in members]  # ties
+    hidden_user = np.repeat(np.arange(n_users), 4)
+    hidden_item = np.concatenate([rng.choice([i for i in range(n_items) if i not in seen[u]], 4, replace=False)
+                                  for u in range(n_users)])
+    data.holdout = Holdout(hidden_user.astype(np.int32), hidden_item.astype(np.int32), np.zeros(len(hidden_user), np.int8))
+    pool = build_pool(lists(*members, scores=scores), n_items, 12)
+    objective = pool_objective(pool, data, method, 60.0, k)
+    for w in [np.ones(3), np.array([1.0, 0.0, 0.0]), np.array([0.3, 1.0, 0.5]), np.array([0.0, 0.0, 2.0])]:
+        topk, _ = ranked_lists(pool, fuse(pool, method, w, 60.0), data, k, k)
+        expected = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)[f"recall_at_{k}"]
+        assert objective(w) == pytest.approx(expected, abs=1e-12)
