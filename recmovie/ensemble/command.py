@@ -7,6 +7,7 @@ validation part); the test part is only scored, with what was learned.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -15,15 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from recmovie.candidates import write_candidates
 from recmovie.config import check_ranking_config, check_value
 from recmovie.data.prepare import PreparedData
+from recmovie.data.split import Holdout
 from recmovie.ensemble.fusion import METHODS, ScoreBlend, full_score_objective, fuse, pool_objective
 from recmovie.ensemble.members import (
     check_members, find_members, member_lists, member_models, member_table, member_weights, members_data,
 )
+from recmovie.ensemble.guard import held_out_users, judge, pool_recall, verdict_metrics
 from recmovie.ensemble.pool import build_pool, ranked_lists
 from recmovie.ensemble.rerank import Ranker, check_rerank_config, fit_ranker_on, save_ranker
 from recmovie.ensemble.search import check_search_config, search_weights
@@ -56,6 +59,12 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError("search.method" if cfg.search.method is not None else "weights",
                               "rerank learns how to combine the members: no weights, no weight search")
         check_rerank_config(cfg.rerank)
+    for key in ("search.fallback", "rerank.fallback"):
+        if not isinstance(OmegaConf.select(cfg, key), bool):
+            raise ConfigError(key, f"must be true or false, got {OmegaConf.select(cfg, key)!r}")
+    share = cfg.search.held_share
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share < 1:
+        raise ConfigError("search.held_share", f"must be a number in (0, 1), got {share!r}")
     if cfg.get("full_scores") and cfg.method != "score_blend":
         raise ConfigError("full_scores", f"only score_blend blends full score rows, got method={cfg.method}")
     check_search_config(cfg)
@@ -79,6 +88,8 @@ def load(cfg: DictConfig) -> Loaded:
     uri = resolve_tracking_uri(cfg.tracking.uri)
     client = setup_mlflow(uri).MlflowClient()
     members = find_members(client, cfg)
+    if not isinstance(cfg.weights, (list, ListConfig)):  # list weights follow the order the members were named in
+        members = reference_first(members, int(cfg.eval.k))
     top_n = int(cfg.top_n)
     check_members(members, top_n)
     weights = None if learns(cfg) else member_weights(cfg.weights, members)
@@ -95,6 +106,16 @@ def load(cfg: DictConfig) -> Loaded:
     return loaded
 
 
+def reference_first(members: list, k: int) -> list:
+    """Members ordered by their own validation figure, best first (runs without one last, in the
+    order given): the first member is the reference, whose ranks break the combinations' ties."""
+    def figure(run) -> float:
+        value = run.data.metrics.get(f"val_recall_at_{k}")
+        return -np.inf if value is None else value
+
+    return sorted(members, key=figure, reverse=True)
+
+
 def learns(cfg: DictConfig) -> bool:
     """Whether the ensemble learns (weights or a ranker) from the members' validation part."""
     return cfg.search.method is not None or cfg.method == "rerank"
@@ -104,30 +125,64 @@ def learns(cfg: DictConfig) -> bool:
 class Combined:
     topk: TopK
     weights: np.ndarray
-    search: dict = field(default_factory=dict)  # validation figures of what was learned
+    search: dict = field(default_factory=dict)  # validation figures of what was learned, and the guard's
     ranker: Ranker | None = None
     filled: int = 0  # users the members left short of k items, filled by popularity
+    lines: list = field(default_factory=list)  # what the summary says beyond the table (pool recall, guard)
+    fallback: str | None = None  # the member whose list was submitted instead, when the guard refused
 
 
 def combine(cfg: DictConfig, m: Loaded) -> Combined:
-    """The ensemble's ranked lists, by `cfg.method`."""
+    """The ensemble's ranked lists, by `cfg.method`; what is learned is checked by the guard."""
     if cfg.get("full_scores"):
         return full_score_blend(cfg, m)
     k, top_n, depth = int(cfg.eval.k), int(cfg.top_n), int(cfg.candidates.n)
     pool = build_pool(m.lists, m.data.n_items, top_n)
+    if not learns(cfg):
+        topk, filled = ranked_lists(pool, fuse(pool, cfg.method, m.weights, float(cfg.rrf_k)), m.data, depth, k)
+        return Combined(topk, m.weights, filled=filled)
+    val_pool = build_pool(m.val_lists, m.data.n_items, top_n)
     if cfg.method == "rerank":
-        val_pool = build_pool(m.val_lists, m.data.n_items, top_n)
-        ranker, fused, search = fit_ranker_on(val_pool, m.val_data, pool, m.data, cfg.rerank, k)
-        topk, filled = ranked_lists(pool, fused, m.data, depth, k)
-        return Combined(topk, np.ones(len(m.members)), search, ranker, filled)
-    weights, search = m.weights, {}
-    if weights is None:
-        objective = pool_objective(build_pool(m.val_lists, m.data.n_items, top_n), m.val_data, cfg.method,
+        ranker, val_values, fused = fit_ranker_on(val_pool, m.val_data, pool, m.data, cfg.rerank, k)
+        weights, held, fallback = np.ones(len(m.members)), ranker.held_users, bool(cfg.rerank.fallback)
+    else:
+        held = held_out_users(val_pool.users, float(cfg.search.held_share), int(cfg.search.seed))
+        learning = np.setdiff1d(np.unique(val_pool.users), held)
+        objective = pool_objective(val_pool.subset(learning), with_holdout(m.val_data, learning), cfg.method,
                                    float(cfg.rrf_k), k)
         weights, best, trials = search_weights(objective, len(m.members), cfg.search)
-        search = {f"val_recall_at_{k}": best, "search_trials": trials}
-    topk, filled = ranked_lists(pool, fuse(pool, cfg.method, weights, float(cfg.rrf_k)), m.data, depth, k)
-    return Combined(topk, weights, search, filled=filled)
+        val_values, fused, ranker = fuse(val_pool, cfg.method, weights, float(cfg.rrf_k)), None, None
+        fused, fallback = fuse(pool, cfg.method, weights, float(cfg.rrf_k)), bool(cfg.search.fallback)
+    verdict = judge(val_pool, val_values, m.val_data, held, k)
+    c = Combined(None, weights, {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined}, ranker)
+    if ranker is None:
+        c.search.update({f"val_search_recall_at_{k}": best, "search_trials": trials})
+    c.search.update(val_pool_recall=pool_recall(val_pool, m.val_data), pool_recall=pool_recall(pool, m.data))
+    c.lines = pool_lines(c.search) + [verdict.line(cfg.method, k)]
+    if not verdict.passed and fallback:
+        run = m.members[verdict.best]
+        c.fallback = f"{run.info.run_id} ({model_of(run)})"
+        c.lines.append(f"fallback: submitting member {verdict.best}'s own list ({c.fallback}); "
+                       f"{'rerank' if cfg.method == 'rerank' else 'search'}.fallback=false submits the combination")
+        fused = -pool.ranks[:, verdict.best]
+    c.topk, c.filled = ranked_lists(pool, fused, m.data, depth, k)
+    return c
+
+
+def with_holdout(data: PreparedData, users: np.ndarray) -> PreparedData:
+    """`data` whose holdout keeps only `users`' rows (the same arrays otherwise)."""
+    h = data.holdout
+    keep = np.isin(h.user, users)
+    out = copy.copy(data)
+    out.holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])
+    return out
+
+
+def pool_lines(figures: dict) -> list[str]:
+    """The candidate pools' recall: the ceiling of any combination of these members' lists."""
+    test = figures["pool_recall"]
+    line = f"pool: the members' lists hold {figures['val_pool_recall']:.1%} of the validation truth"
+    return [line + ("" if np.isnan(test) else f", {test:.1%} of the test truth")]
 
 
 def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
@@ -144,7 +199,7 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
                               "fitted without the validation part (fit_mode validate); these saw it: " + ", ".join(saw))
         objective = full_score_objective(models, m.val_data, chunk, k)
         weights, best, trials = search_weights(objective, len(models), cfg.search)
-        search = {f"val_recall_at_{k}": best, "search_trials": trials}
+        search = {f"val_recall_at_{k}": best, f"val_search_recall_at_{k}": best, "search_trials": trials}
     topk = rank(ScoreBlend(models, weights), m.data, k=int(cfg.candidates.n), chunk_size=chunk,
                 item_filter=release_year_filter(cfg.get("filter"), m.data))
     return Combined(topk, weights, search)
@@ -211,11 +266,13 @@ def publish(cfg: DictConfig, m: Loaded, c: Combined, metrics: dict, fit_seconds:
             run.log_metrics({"ranker_rounds": c.ranker.rounds, "val_ranker_ndcg": c.ranker.val_ndcg})
             for path in save_ranker(c.ranker, out_dir / "ranker"):
                 run.log_artifact(path, "ranker")
-        print_summary(cfg, table, metrics, c.search, k, out_dir, run.run_id)
+        if c.fallback:
+            run.set_tags({"fallback": c.fallback})
+        print_summary(cfg, table, metrics, c.search, k, out_dir, run.run_id, c.lines)
 
 
 def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int, out_dir: Path,
-                  run_id: str | None) -> None:
+                  run_id: str | None, extra: list[str] = ()) -> None:
     cols = [f"recall_at_{k}", f"recall_at_{k}_last", f"recall_at_{k}_random", f"ndcg_at_{k}"]
     head = f"  {'member':<24} {'weight':>7} {'R@' + str(k):>7} {'last':>7} {'random':>7} {'NDCG':>7}"
     lines = [f"ensemble {cfg.method} of {len(table)} runs, top_n {cfg.top_n}", head]
@@ -226,14 +283,12 @@ def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int,
         lines.append(f"  {'ensemble':<24} {'':>7} " + " ".join(f"{metrics.get(c, np.nan):>7.4f}" for c in cols))
     else:
         lines.append("  members trained with split=none: no metrics")
-    if search and cfg.method == "rerank":
-        lines.append(f"  re-ranked: validation Recall@{k} {search[f'val_recall_at_{k}']:.4f} on the {search['val_users']:.0f} "
-                     f"validation users early stopping held out (first member alone: "
-                     f"{search[f'val_recall_at_{k}_first_member']:.4f})")
-    elif search:
+    if "search_trials" in search:
         w = ",".join(f"{x:g}" for x in table["weight"])
         lines.append(f"  searched weights ({cfg.search.method}, {search['search_trials']} tried on the validation "
-                     f"part, val Recall@{k} {search[f'val_recall_at_{k}']:.4f}): weights=[{w}]")
+                     f"users the guard does not hold out, val Recall@{k} {search[f'val_search_recall_at_{k}']:.4f}): "
+                     f"weights=[{w}]")
+    lines += [f"  {line}" for line in extra]
     lines.append(f"  submission: {out_dir / 'submission.csv'}")
     if run_id:
         lines.append(f"  mlflow run: {run_id}")

@@ -35,10 +35,9 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from recmovie.data.prepare import PreparedData
-from recmovie.data.split import Holdout
-from recmovie.ensemble.pool import Pool, ranked_lists
+from recmovie.ensemble.guard import held_out_users
+from recmovie.ensemble.pool import Pool
 from recmovie.errors import ConfigError
-from recmovie.evaluation.metrics import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +143,8 @@ def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str]
     except ImportError:
         raise ConfigError("method", "rerank needs lightgbm: pip install lightgbm") from None
     ids = np.unique(users)
-    rng = np.random.default_rng(int(cfg["seed"]))
     held = np.zeros(int(users.max(initial=0)) + 1, bool)
-    held[rng.choice(ids, max(1, int(round(len(ids) * float(cfg["valid_share"])))), replace=False)] = True
+    held[held_out_users(users, float(cfg["valid_share"]), int(cfg["seed"]))] = True
     positives = np.bincount(users, weights=y, minlength=len(held))
     useful = positives[users] > 0
     for name, mask in (("training", useful & ~held[users]), ("held-out", useful & held[users])):
@@ -177,16 +175,15 @@ def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str]
 
 
 def fit_ranker_on(val_pool: Pool, val_data: PreparedData, pool: Pool, data: PreparedData, cfg, k: int
-                  ) -> tuple[Ranker, np.ndarray, dict]:
-    """Learn the ranker on the validation pool (labelled by `val_data`'s holdout), then score the
-    final pool: (ranker, one value per `pool` row, its validation figures)."""
+                  ) -> tuple[Ranker, np.ndarray, np.ndarray]:
+    """Learn the ranker on the validation pool (labelled by `val_data`'s holdout), then score both
+    pools: (ranker, one value per `val_pool` row, one value per `pool` row)."""
     r = OmegaConf.to_container(cfg, resolve=True)
     x_val = pair_features(val_pool, val_data, float(r["recent_share"]), float(r["window_days"]))
     ranker = fit_ranker(x_val, labels(val_pool, val_data), val_pool.users, feature_names(val_pool.ranks.shape[1]),
                         {**r, "k": k})
-    search = validation_recall(ranker, val_pool, x_val, val_data, k)
     fused = ranker.predict(pair_features(pool, data, float(r["recent_share"]), float(r["window_days"])))
-    return ranker, fused, search
+    return ranker, ranker.predict(x_val), fused
 
 
 def check_rerank_config(r) -> None:
@@ -201,24 +198,6 @@ def check_rerank_config(r) -> None:
         value = r.get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
             raise ConfigError(f"rerank.{key}", f"must be {want}, got {value!r}")
-
-
-def validation_recall(ranker: Ranker, pool: Pool, x: np.ndarray, data: PreparedData, k: int) -> dict[str, float]:
-    """Recall@k on the held-out validation users (every one of them, hit or not): re-ranked, and
-    the first member's own order of the same candidates."""
-    users = ranker.held_users
-    rows = np.isin(pool.users, users)
-    sub = pool.subset(users)
-    h = data.holdout
-    keep = np.isin(h.user, users)
-    holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])
-
-    def recall(values: np.ndarray) -> float:
-        topk, _ = ranked_lists(sub, values, data, k, k)
-        return evaluate(topk.items[users], users, holdout, data.n_users, k)[f"recall_at_{k}"]
-
-    return {f"val_recall_at_{k}": recall(ranker.predict(x[rows])),
-            f"val_recall_at_{k}_first_member": recall(-sub.ranks[:, 0]), "val_users": float(len(users))}
 
 
 def save_ranker(ranker: Ranker, folder: Path) -> list[Path]:

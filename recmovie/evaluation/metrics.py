@@ -46,3 +46,13 @@ def evaluate(top_items: np.ndarray, users: np.ndarray, holdout: Holdout, n_users
         out[f"recall_at_{k}{suffix}"] = float(recall.mean())
         out[f"ndcg_at_{k}{suffix}"] = float(ndcg.mean())
     return out
+
+
+def user_recalls(top_items: np.ndarray, users: np.ndarray, holdout: Holdout, n_users: int, k: int = 10
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each hidden user's Recall@k (the users, sorted, and their figures): what `evaluate`'s
+    recall_at_k is the mean of, for standard errors and paired comparisons."""
+    row_of_user = np.full(n_users, -1, dtype=np.int64)
+    row_of_user[users] = np.arange(len(users))
+    recall, _ = _user_scores(row_of_user, top_items, holdout.user, holdout.item, k)
+    return np.unique(holdout.user), recall

@@ -24,12 +24,16 @@ def test_two_run_ensemble_end_to_end_through_mlflow(members, tmp_path):
     recall = run_ensemble(cfg)
 
     client = mlflow.MlflowClient(members.cfg.tracking.uri)
-    member_runs = [client.get_run(i) for i in ids]
+    # the reference (first) member is the one with the best validation figure
+    member_runs = sorted([client.get_run(i) for i in ids], key=lambda r: -r.data.metrics["val_recall_at_10"])
+    order = [r.info.run_id for r in member_runs]
     (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
-              if r.data.tags["model"] == "ensemble" and r.data.tags["members"] == ",".join(ids)]
+              if r.data.tags["model"] == "ensemble" and r.data.tags["members"] == ",".join(order)]
     assert run.info.status == "FINISHED" and run.info.experiment_id == member_runs[0].info.experiment_id
-    assert run.data.tags["member_models"] == "ease,itemknn"
-    assert run.data.params["method"] == "rank_vote" and run.data.params["model.weights"] == "[2.0, 1.0]"
+    assert run.data.tags["member_models"] == ",".join(r.data.tags["model"] for r in member_runs)
+    weights = {"ease": 2.0, "itemknn": 1.0}
+    assert run.data.params["method"] == "rank_vote"
+    assert run.data.params["model.weights"] == str([weights[r.data.tags["model"]] for r in member_runs])
     assert run.data.params["data_fingerprint"] == member_runs[0].data.params["data_fingerprint"]
     assert run.data.metrics["recall_at_10"] == pytest.approx(recall)
     assert recall > 0.5 * max(m.data.metrics["recall_at_10"] for m in member_runs)
@@ -67,9 +71,14 @@ def test_weight_search_query_selection_and_report(members, tmp_path):
     searched = run_ensemble(cfg)
     mlflow.set_tracking_uri(members.cfg.tracking.uri)
     by_dir = {r.data.tags.get("output_dir"): r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
-    equal_val = by_dir[str(tmp_path / "e" / "out")].data.metrics["val_recall_at_10"]
+    equal_val = by_dir[str(tmp_path / "e" / "out")].data.metrics["val_search_recall_at_10"]
     run = by_dir[str(tmp_path / "b" / "out")]
-    assert run.data.metrics["val_recall_at_10"] >= equal_val  # what the search maximised
+    assert run.data.metrics["val_search_recall_at_10"] >= equal_val  # what the search maximised
+    # the guard's figures, on validation users the search never saw: the blend against each member
+    m = run.data.metrics
+    assert m["val_held_users"] > 0 and m["val_held_recall_at_10"] == m["val_recall_at_10"]
+    assert m["guard_passed"] == float(m["guard_margin"] > m["guard_se"]) and 0 < m["val_pool_recall"] <= 1
+    assert m["val_held_recall_at_10_best_member"] == max(m[f"val_held_recall_at_10_member{i}"] for i in range(3))
     assert run.data.metrics["recall_at_10"] == pytest.approx(searched) != run.data.metrics["val_recall_at_10"]
     assert plain == pytest.approx(by_dir[str(tmp_path / "a" / "out")].data.metrics["recall_at_10"])
     table = pd.read_csv(f"{cfg.paths.output_dir}/members.csv")

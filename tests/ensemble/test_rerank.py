@@ -71,7 +71,7 @@ def test_rerank_end_to_end_logs_the_ranker_and_refuses_weights(members, tmp_path
     recall = run_ensemble(cfg)
     client = mlflow.MlflowClient(members.cfg.tracking.uri)
     (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
-              if r.data.tags.get("method") == "rerank" and r.data.tags["members"] == ",".join(ids)]
+              if r.data.tags.get("method") == "rerank" and set(r.data.tags["members"].split(",")) == set(ids)]
     assert run.data.metrics["recall_at_10"] == pytest.approx(recall)
     best = max(client.get_run(i).data.metrics["recall_at_10"] for i in ids)
     assert recall > 0.8 * best  # learned from a few hundred validation users: near its members, not exact
@@ -82,6 +82,13 @@ def test_rerank_end_to_end_logs_the_ranker_and_refuses_weights(members, tmp_path
     assert {"m0_rank", "m2_score", "item_at_user_time", "genre_share"} <= set(importances.feature)
     sub = pd.read_csv(f"{cfg.paths.output_dir}/submission.csv")
     assert (sub.groupby("user").size() == 10).all() and sub.groupby("user")["item"].nunique().eq(10).all()
+    # the guard: a ranker not better than its best member on the held-out users gives way to that member
+    m, tags = run.data.metrics, run.data.tags
+    assert ("fallback" in tags) == (m["guard_passed"] == 0.0)
+    if "fallback" in tags:
+        member = tags["fallback"].split()[0]
+        own = pd.read_csv(client.download_artifacts(member, "submission.csv", str(tmp_path / "own")))
+        assert sub.sort_values("user", kind="stable").item.tolist() == own.sort_values("user", kind="stable").item.tolist()
 
     with pytest.raises(ConfigError, match="`weights`: rerank learns"):
         run_ensemble(ensemble_config(tmp_path / "w", members, [runs, "method=rerank", "weights=[1,1,1]"]))

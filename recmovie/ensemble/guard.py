@@ -1,0 +1,86 @@
+"""The guard: a learned combination (searched weights, the re-ranker) is judged on validation users
+that nothing it learned from saw, against every member's own order of the same candidates; one
+that is not better than the best member by more than the standard error of the difference gives
+way to that member's list (`search.fallback`, `rerank.fallback`). Also the pool's recall: the share
+of the hidden items that any member listed, the ceiling of any re-ranking."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recmovie.data.prepare import PreparedData
+from recmovie.data.split import Holdout
+from recmovie.ensemble.pool import Pool, ranked_lists
+from recmovie.evaluation.metrics import user_recalls
+
+
+def held_out_users(users: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A random `share` of the distinct `users` (dense ids, sorted): validation users kept from what
+    learns, for early stopping and for the guard."""
+    ids = np.unique(users)
+    rng = np.random.default_rng(int(seed))
+    return np.sort(rng.choice(ids, max(1, int(round(len(ids) * float(share)))), replace=False))
+
+
+def pool_recall(pool: Pool, data: PreparedData) -> float:
+    """The share of `data`'s hidden items (known to the catalogue) that some member listed."""
+    hidden = data.holdout
+    known = hidden.item >= 0
+    if not known.any():
+        return float("nan")
+    keys = pool.users * data.n_items + pool.items
+    return float(np.isin(hidden.user[known].astype(np.int64) * data.n_items + hidden.item[known], keys).mean())
+
+
+@dataclass
+class Verdict:
+    """The guard's figures on the held-out validation users."""
+
+    combined: float  # the combination's Recall@k
+    members: list[float]  # each member's own order of the same candidates
+    best: int  # the best member (index)
+    margin: float  # combined - best member's
+    se: float  # standard error of the per-user difference
+    users: int
+    figures: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.margin > self.se
+
+    def line(self, name: str, k: int) -> str:
+        verdict = "kept" if self.passed else "not better than the best member by more than its standard error"
+        return (f"guard: {name} on {self.users} held-out validation users: Recall@{k} {self.combined:.4f} against the "
+                f"best member's (member {self.best}) {self.members[self.best]:.4f}, difference "
+                f"{self.margin:+.4f} ± {self.se:.4f}: {verdict}")
+
+
+def judge(pool: Pool, values: np.ndarray, data: PreparedData, users: np.ndarray, k: int) -> Verdict:
+    """The combination's order of `pool` (one value per row, higher is better) against each
+    member's own order (its ranks), on `users` (validation users nothing learned from)."""
+    sub = pool.subset(users)
+    rows = np.isin(pool.users, users)
+    h = data.holdout
+    keep = np.isin(h.user, users)
+    holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])
+
+    def per_user(order: np.ndarray) -> np.ndarray:
+        topk, _ = ranked_lists(sub, order, data, k, k)
+        return user_recalls(topk.items, topk.users, holdout, data.n_users, k)[1]
+
+    combined = per_user(values[rows])
+    members = [per_user(-sub.ranks[:, m]) for m in range(pool.ranks.shape[1])]
+    best = int(np.argmax([r.mean() for r in members]))
+    diff = combined - members[best]
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+    return Verdict(float(combined.mean()), [float(r.mean()) for r in members], best, float(diff.mean()), se,
+                   len(combined))
+
+
+def verdict_metrics(v: Verdict, k: int) -> dict[str, float]:
+    """The guard's figures as run metrics."""
+    out = {f"val_held_recall_at_{k}": v.combined, f"val_held_recall_at_{k}_best_member": v.members[v.best],
+           "guard_margin": v.margin, "guard_se": v.se, "guard_passed": float(v.passed), "val_held_users": float(v.users)}
+    out.update({f"val_held_recall_at_{k}_member{m}": r for m, r in enumerate(v.members)})
+    return out

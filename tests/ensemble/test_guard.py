@@ -1,0 +1,45 @@
+"""The guard by hand: held-out users, the pool's recall, and the verdict against the best member."""
+from __future__ import annotations
+
+import numpy as np
+
+from recmovie.data.split import Holdout
+from recmovie.ensemble.guard import held_out_users, judge, pool_recall
+from recmovie.ensemble.pool import build_pool
+from tests.ensemble.helpers import lists, tiny_data
+
+
+def test_held_out_users_are_a_seeded_share_of_the_distinct_users():
+    users = np.repeat(np.arange(50), 3)
+    held = held_out_users(users, 0.2, 7)
+    assert len(held) == 10 and set(held) <= set(range(50)) and np.array_equal(held, held_out_users(users, 0.2, 7))
+    assert not np.array_equal(held, held_out_users(users, 0.2, 8))
+
+
+def data_with_truth():
+    data = tiny_data({u: [7] for u in range(4)}, n_items=8)
+    # each user's hidden item: member 0 lists it first for users 0-2, member 1 only for user 3
+    data.holdout = Holdout(np.arange(4, dtype=np.int32), np.array([0, 1, 2, 3], np.int32), np.zeros(4, np.int8))
+    a = {0: [0, 4], 1: [1, 4], 2: [2, 4], 3: [5, 4]}
+    b = {0: [4, 5], 1: [4, 5], 2: [4, 5], 3: [3, 4]}
+    return data, build_pool(lists(a, b), 8, 2)
+
+
+def test_pool_recall_is_the_share_of_hidden_items_any_member_listed():
+    data, pool = data_with_truth()
+    assert pool_recall(pool, data) == 1.0
+    data.holdout = Holdout(np.array([0, 0], np.int32), np.array([0, 6], np.int32), np.zeros(2, np.int8))
+    assert pool_recall(pool, data) == 0.5
+
+
+def test_the_verdict_compares_the_combination_with_the_best_member_per_user():
+    data, pool = data_with_truth()
+    users = np.arange(4)
+    same = judge(pool, -pool.ranks[:, 0], data, users, k=1)  # member 0's own order: no gain over it
+    assert same.best == 0 and same.members == [0.75, 0.25] and same.combined == 0.75
+    assert same.margin == 0.0 and not same.passed
+    # an order that takes each user's hidden item: better by more than the standard error
+    hit = np.isin(pool.users * 8 + pool.items, [0 * 8 + 0, 1 * 8 + 1, 2 * 8 + 2, 3 * 8 + 3]).astype(float)
+    better = judge(pool, hit, data, users, k=1)
+    assert better.combined == 1.0 and better.margin == 0.25 and better.passed is False  # one user of four: se 0.25
+    assert "not better than the best member" in better.line("rrf", 1)
