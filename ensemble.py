@@ -5,12 +5,11 @@
     python ensemble.py query.experiment=competition query.split=competition search.method=grid
 Methods: rank_vote | rrf | score_blend | rerank (recmovie/ensemble/). Members must share data and split.
 """
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from recmovie.cli import check_output_folder, quote_overrides, run_cli
+from recmovie.cli import prepare_command_line, run_cli
 from recmovie.config import CONF_DIR
 
 
@@ -22,6 +21,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_overrides(sys.argv[1:])  # data.dir=/data/데이터 needs no quotes
-    check_output_folder("ensemble", sys.argv[1:])
+    prepare_command_line("ensemble")
     main()

@@ -3,12 +3,11 @@
     python predict.py run_id=<mlflow run id>
     python predict.py checkpoint=path/to/model.pt [split_name=none] [data_dir=/path]
 """
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from recmovie.cli import check_output_folder, quote_overrides, run_cli
+from recmovie.cli import prepare_command_line, run_cli
 from recmovie.config import CONF_DIR
 
 
@@ -20,6 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_overrides(sys.argv[1:])  # data.dir=/data/데이터 needs no quotes
-    check_output_folder("predict", sys.argv[1:])
+    prepare_command_line("predict")
     main()

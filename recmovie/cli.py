@@ -112,3 +112,10 @@ def check_output_folder(config_name: str, argv: list[str]) -> None:
         print(f"error: cannot write the run folder {folder} ({e.strerror}: {e.filename or probe}); "
               "choose another with hydra.run.dir=... (hydra.sweep.dir=... with -m)", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def prepare_command_line(config_name: str) -> None:
+    """Before an entry point's Hydra main: quote what Hydra could not read unquoted (a Korean
+    folder name) and stop in one line if the run's folder cannot be written."""
+    sys.argv[1:] = quote_overrides(sys.argv[1:])
+    check_output_folder(config_name, sys.argv[1:])

@@ -174,10 +174,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    import sys
+    from recmovie.cli import prepare_command_line
 
-    from recmovie.cli import check_output_folder, quote_overrides
-
-    sys.argv[1:] = quote_overrides(sys.argv[1:])
-    check_output_folder("report", sys.argv[1:])
+    prepare_command_line("report")
     main()
