@@ -46,60 +46,73 @@ def pool_objective(pool: Pool, data: PreparedData, method: str, rrf_k: float, k:
     the figure `ranked_lists` + `evaluate` give, without either per call. The pool is laid out once
     as a [users, rows] grid; each call takes every user's top k by the fused value (ties: the first
     member's rank, then the item) with one partition over the grid."""
-    big = np.iinfo(np.int64).max
-    starts = group_starts(pool.users)
-    counts = np.diff(np.r_[starts, len(pool.users)])
-    pool_users = pool.users[starts]
-    hidden = data.holdout
-    known = hidden.item >= 0
-    hidden_users, n_hidden = np.unique(hidden.user, return_counts=True)
-    denominator = np.zeros(data.n_users)
-    denominator[hidden_users] = np.minimum(k, n_hidden)
-    is_hidden = np.isin(pool.users * data.n_items + pool.items,
-                        hidden.user[known].astype(np.int64) * data.n_items + hidden.item[known].astype(np.int64))
-    # a user with fewer than k pool rows (or none) keeps all of them and the same popularity fill
-    # whatever the weights: those users' hits are counted once, on the exact path
-    long = counts >= k
-    fixed = np.setdiff1d(hidden_users, pool_users[long])
-    topk, _ = ranked_lists(pool, np.zeros(len(pool.users)), data, k, k)
-    hit = (topk.items[hidden.user, :k] == hidden.item[:, None]).any(1) & known
-    per_user = np.bincount(hidden.user, weights=hit, minlength=data.n_users)
-    fixed_hits = float((per_user[fixed] / denominator[fixed]).sum()) if len(fixed) else 0.0
-    # the long users' rows in a [users, width] grid
-    in_long = np.repeat(long, counts)
-    rows = np.repeat(np.arange(int(long.sum())), counts[long])
-    width = int(counts[long].max(initial=k))
-    flat = rows * width + position_in_group(pool.users)[in_long]
-    shape = (int(long.sum()), width)
-    label = np.zeros(shape[0] * width, bool)
-    label[flat] = is_hidden[in_long]
-    label = label.reshape(shape)
-    tie = np.full(shape[0] * width, big, np.int64)
-    tie[flat] = pool.ranks[in_long, 0].astype(np.int64) * data.n_items + pool.items[in_long]
-    tie = tie.reshape(shape)
-    user_weight = np.where(denominator[pool_users[long]] > 0, 1.0 / np.maximum(denominator[pool_users[long]], 1), 0.0)
-    n_eval = max(len(hidden_users), 1)
+    grid = PoolGrid(pool, data, k)
 
     def recall(w: np.ndarray) -> float:
-        values = np.full(shape[0] * width, -np.inf)
-        values[flat] = fuse(pool, method, w, rrf_k)[in_long]
-        values = values.reshape(shape)
+        return grid.recall(fuse(pool, method, w, rrf_k))
+
+    return recall
+
+
+class PoolGrid:
+    """The pool's users with at least k rows as a [users, width] grid (hidden labels, tie keys),
+    and the hits of the other hidden users, which do not depend on the weights: a user with fewer
+    than k rows (or none) keeps all of them and the same popularity fill."""
+
+    BIG = np.iinfo(np.int64).max
+
+    def __init__(self, pool: Pool, data: PreparedData, k: int):
+        self.k = k
+        starts = group_starts(pool.users)
+        counts = np.diff(np.r_[starts, len(pool.users)])
+        pool_users = pool.users[starts]
+        hidden = data.holdout
+        known = hidden.item >= 0
+        hidden_users, n_hidden = np.unique(hidden.user, return_counts=True)
+        denominator = np.zeros(data.n_users)
+        denominator[hidden_users] = np.minimum(k, n_hidden)
+        long = counts >= k
+        fixed = np.setdiff1d(hidden_users, pool_users[long])
+        topk, _ = ranked_lists(pool, np.zeros(len(pool.users)), data, k, k)
+        hit = (topk.items[hidden.user, :k] == hidden.item[:, None]).any(1) & known
+        per_user = np.bincount(hidden.user, weights=hit, minlength=data.n_users)
+        self.fixed_hits = float((per_user[fixed] / denominator[fixed]).sum()) if len(fixed) else 0.0
+        self.n_eval = max(len(hidden_users), 1)
+        self.in_long = np.repeat(long, counts)
+        self.shape = (int(long.sum()), int(counts[long].max(initial=k)))
+        rows = np.repeat(np.arange(self.shape[0]), counts[long])
+        self.flat = rows * self.shape[1] + position_in_group(pool.users)[self.in_long]
+        is_hidden = np.isin(pool.users * data.n_items + pool.items,
+                            hidden.user[known].astype(np.int64) * data.n_items + hidden.item[known].astype(np.int64))
+        self.label = self.lay_out(is_hidden[self.in_long], False)
+        self.tie = self.lay_out(pool.ranks[self.in_long, 0].astype(np.int64) * data.n_items + pool.items[self.in_long],
+                                self.BIG)
+        users = denominator[pool_users[long]]
+        self.user_weight = np.where(users > 0, 1.0 / np.maximum(users, 1), 0.0)
+
+    def lay_out(self, values: np.ndarray, fill) -> np.ndarray:
+        out = np.full(self.shape[0] * self.shape[1], fill, dtype=np.asarray(values).dtype)
+        out[self.flat] = values
+        return out.reshape(self.shape)
+
+    def recall(self, fused: np.ndarray) -> float:
+        """Recall@k of the order `fused` (one value per pool row, higher is better)."""
+        values = self.lay_out(fused[self.in_long], -np.inf)
+        width, k = self.shape[1], self.k
         kth = np.partition(values, width - k, axis=1)[:, width - k, None]
         chosen = values > kth
         tied = values == kth
         need = k - chosen.sum(1)
         # where more items tie at the k-th value than places are left, the lowest tie keys win
         crowded = np.flatnonzero(tied.sum(1) > need)
-        plain = np.ones(shape[0], bool)
+        plain = np.ones(self.shape[0], bool)
         plain[crowded] = False
         chosen[plain] |= tied[plain]
         if len(crowded):
-            keys = np.where(tied[crowded], tie[crowded], big)
+            keys = np.where(tied[crowded], self.tie[crowded], self.BIG)
             cut = np.take_along_axis(np.sort(keys, axis=1), (need[crowded] - 1)[:, None], axis=1)
             chosen[crowded] |= keys <= cut
-        return (fixed_hits + float(((label & chosen).sum(1) * user_weight).sum())) / n_eval
-
-    return recall
+        return (self.fixed_hits + float(((self.label & chosen).sum(1) * self.user_weight).sum())) / self.n_eval
 
 
 class ScoreBlend(torch.nn.Module):
