@@ -34,7 +34,10 @@ def generate_synthetic(
     latent_weight: float = 2.0,
     min_per_user: int = 16,
 ) -> Dataset:
-    """Generate a dataset of (about) the requested size; same seed, same data."""
+    """Generate a dataset of (about) the requested size; same seed, same data.
+
+    One long function on purpose: the order of the random draws IS the data (the cache and every
+    seeded figure depend on it), so the steps stay together in the order they draw."""
     if min(n_users, n_items) < 2 or n_interactions < n_users:
         raise ValueError("synthetic data needs n_users >= 2, n_items >= 2 and n_interactions >= n_users")
     rng = np.random.default_rng(seed)
