@@ -151,8 +151,9 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
         objective = pool_objective(val_pool.subset(learning), with_holdout(m.val_data, learning), cfg.method,
                                    float(cfg.rrf_k), k)
         weights, best, trials = search_weights(objective, len(m.members), cfg.search)
-        val_values, fused, ranker = fuse(val_pool, cfg.method, weights, float(cfg.rrf_k)), None, None
-        fused, fallback = fuse(pool, cfg.method, weights, float(cfg.rrf_k)), bool(cfg.search.fallback)
+        val_values = fuse(val_pool, cfg.method, weights, float(cfg.rrf_k))
+        fused = fuse(pool, cfg.method, weights, float(cfg.rrf_k))
+        ranker, fallback = None, bool(cfg.search.fallback)
     verdict = judge(val_pool, val_values, m.val_data, held, k)
     c = Combined(None, weights, {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined}, ranker)
     if ranker is None:
