@@ -21,5 +21,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    prepare_command_line("ensemble")
+    prepare_command_line()
     main()

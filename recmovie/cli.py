@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf.errors import OmegaConfBaseException
@@ -78,26 +79,34 @@ def quote_overrides(argv: list[str]) -> list[str]:
     return out
 
 
-def check_output_folder(config_name: str, argv: list[str]) -> None:
-    """Stop in one line, before Hydra sets up the run, when the run's folder (hydra.run.dir, or
-    hydra.sweep.dir with -m) cannot be written: Hydra would fail in its logging set-up with a
-    traceback (`Unable to configure handler 'file'`). Nothing is created here; a command line
-    Hydra cannot compose is left for Hydra to report."""
-    import errno
-    import tempfile
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
+def output_folder(argv: list[str]) -> Path | None:
+    """The folder a command line's run (or sweep, with -m) writes into, as far as it is known
+    without composing the config (a compose costs seconds): `hydra.run.dir` / `hydra.sweep.dir`
+    when given, else `paths.log_dir` (given, or conf/paths/default.yaml's). None when a value holds
+    an interpolation."""
+    from omegaconf import OmegaConf
 
     from recmovie.config import CONF_DIR
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    overrides = [a for a in argv if not a.startswith("-")]
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-        folder = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir))
-    except Exception:
+    given = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = given.get(key)
+    if folder is None:
+        folder = given.get("paths.log_dir", str(OmegaConf.load(CONF_DIR / "paths" / "default.yaml").log_dir))
+    folder = folder.strip("'\"")
+    return None if "${" in folder else Path(folder)
+
+
+def check_output_folder(argv: list[str]) -> None:
+    """Stop in one line, before Hydra sets up the run, when the run's folder cannot be written:
+    Hydra would fail in its logging set-up with a traceback (`Unable to configure handler 'file'`).
+    Nothing is created here: a temporary file is made and removed in the nearest existing folder."""
+    import errno
+    import tempfile
+
+    folder = output_folder(argv)
+    if folder is None:
         return
     probe = folder
     while not probe.exists() and probe != probe.parent:
@@ -114,8 +123,8 @@ def check_output_folder(config_name: str, argv: list[str]) -> None:
         raise SystemExit(2) from None
 
 
-def prepare_command_line(config_name: str) -> None:
+def prepare_command_line() -> None:
     """Before an entry point's Hydra main: quote what Hydra could not read unquoted (a Korean
     folder name) and stop in one line if the run's folder cannot be written."""
     sys.argv[1:] = quote_overrides(sys.argv[1:])
-    check_output_folder(config_name, sys.argv[1:])
+    check_output_folder(sys.argv[1:])

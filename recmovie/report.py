@@ -176,5 +176,5 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     from recmovie.cli import prepare_command_line
 
-    prepare_command_line("report")
+    prepare_command_line()
     main()

@@ -446,13 +446,15 @@ def test_an_unwritable_run_folder_stops_in_one_line_and_creates_nothing(tmp_path
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(SystemExit) as e:
-        check_output_folder("train", [f"hydra.run.dir={blocker}/run"])
+        check_output_folder([f"hydra.run.dir={blocker}/run"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot write the run folder") and str(blocker) in err[0]
     with pytest.raises(SystemExit):
-        check_output_folder("train", ["-m", f"hydra.sweep.dir={blocker}/sweep"])
-    check_output_folder("train", [f"hydra.run.dir={tmp_path}/fine/run"])  # a writable place passes
+        check_output_folder(["-m", f"hydra.sweep.dir={blocker}/sweep"])
+    check_output_folder([f"hydra.run.dir={tmp_path}/fine/run"])  # a writable place passes
+    with pytest.raises(SystemExit):  # the default folder under a log_dir that cannot be
+        check_output_folder([f"paths.log_dir={blocker}/outputs"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # and nothing was created
 
 

@@ -22,16 +22,16 @@ from recmovie.candidates import write_candidates
 from recmovie.config import check_ranking_config, check_value
 from recmovie.data.prepare import PreparedData
 from recmovie.data.split import Holdout
-from recmovie.ensemble.fusion import METHODS, ScoreBlend, full_score_objective, fuse, pool_objective
+from recmovie.ensemble.fusion import METHODS, FullScoreRows, ScoreBlend, fuse, pool_objective
 from recmovie.ensemble.members import (
     check_members, find_members, member_lists, member_models, member_table, member_weights, members_data,
 )
-from recmovie.ensemble.guard import held_out_users, judge, pool_recall, verdict_metrics
+from recmovie.ensemble.guard import compare, held_out_users, judge, pool_recall, verdict_metrics
 from recmovie.ensemble.pool import build_pool, ranked_lists
 from recmovie.ensemble.rerank import Ranker, check_rerank_config, fit_ranker_on, save_ranker
 from recmovie.ensemble.search import check_search_config, search_weights
 from recmovie.errors import ConfigError
-from recmovie.evaluation.metrics import evaluate
+from recmovie.evaluation.metrics import evaluate, user_recalls
 from recmovie.evaluation.ranking import TopK, rank, release_year_filter
 from recmovie.io import atomic_path
 from recmovie.runs import PER_MODEL, model_of
@@ -198,12 +198,39 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
         if saw:
             raise ConfigError("full_scores", "searching weights on full scores needs members whose saved model was "
                               "fitted without the validation part (fit_mode validate); these saw it: " + ", ".join(saw))
-        objective = full_score_objective(models, m.val_data, chunk, k)
-        weights, best, trials = search_weights(objective, len(models), cfg.search)
-        search = {f"val_recall_at_{k}": best, f"val_search_recall_at_{k}": best, "search_trials": trials}
-    topk = rank(ScoreBlend(models, weights), m.data, k=int(cfg.candidates.n), chunk_size=chunk,
-                item_filter=release_year_filter(cfg.get("filter"), m.data))
-    return Combined(topk, weights, search)
+        users = np.unique(m.val_data.holdout.user).astype(np.int64)
+        rows = FullScoreRows(models, m.val_data, users, chunk)
+        held = np.isin(users, held_out_users(users, float(cfg.search.held_share), int(cfg.search.seed)))
+        weights, best, trials = search_weights(rows.objective(np.flatnonzero(~held), k), len(models), cfg.search)
+        verdict = full_score_verdict(rows, weights, np.flatnonzero(held), k)
+        search = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined,
+                  f"val_search_recall_at_{k}": best, "search_trials": trials}
+        if not verdict.passed and bool(cfg.search.fallback):
+            run = m.members[verdict.best]
+            weights = np.eye(len(models))[verdict.best]  # the member's own order: its scores alone
+            c = Combined(None, weights, search, fallback=f"{run.info.run_id} ({model_of(run)})")
+            c.lines = [verdict.line("full-score blend", k), f"fallback: submitting member {verdict.best}'s own "
+                       f"ranking ({c.fallback}); search.fallback=false submits the blend"]
+        else:
+            c = Combined(None, weights, search, lines=[verdict.line("full-score blend", k)])
+    else:
+        c = Combined(None, weights)
+    c.topk = rank(ScoreBlend(models, c.weights), m.data, k=int(cfg.candidates.n), chunk_size=chunk,
+                  item_filter=release_year_filter(cfg.get("filter"), m.data))
+    return c
+
+
+def full_score_verdict(rows, weights: np.ndarray, held: np.ndarray, k: int):
+    """The guard on the held-out validation users: the blend against each member's own ranking."""
+    users = rows.users[held]
+    h = rows.data.holdout
+    keep = np.isin(h.user, users)
+    holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])
+
+    def per_user(w: np.ndarray) -> np.ndarray:
+        return user_recalls(rows.top(w, held, k), users, holdout, rows.data.n_users, k)[1]
+
+    return compare(per_user(weights), [per_user(e) for e in np.eye(len(rows.rows))])
 
 
 def run_ensemble(cfg: DictConfig) -> float | None:

@@ -18,6 +18,7 @@ import torch
 
 from recmovie.data.batches import UserBatch
 from recmovie.data.prepare import PreparedData
+from recmovie.data.split import Holdout
 from recmovie.ensemble.pool import Pool, group_starts, position_in_group, ranked_lists, standardised
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import topk_unseen
@@ -128,19 +129,32 @@ class ScoreBlend(torch.nn.Module):
         return sum(w * standardised(m.score(batch).float(), batch) for m, w in zip(self.members, self.weights) if w > 0)
 
 
-def full_score_objective(models: list, data: PreparedData, chunk: int, k: int) -> Callable[[np.ndarray], float]:
-    """Recall@k on `data`'s holdout of the full-score blend with weights w; each member's
-    standardised rows of the validation users are computed once."""
-    users = np.unique(data.holdout.user).astype(np.int64)
-    with torch.no_grad():
-        rows = [torch.cat([standardised(m.score(b).float(), b) for b in
-                           (data.user_batch(users[s : s + chunk]) for s in range(0, len(users), chunk))])
-                for m in models]
-    batch = data.user_batch(users)
+class FullScoreRows:
+    """Each member's full score rows of `users` (validation users), standardised per user over the
+    unseen items, computed once: what a full-score weight search and its guard read."""
 
-    def recall(w: np.ndarray) -> float:
-        total = sum(float(x) * p for x, p in zip(w, rows) if x > 0)
-        _, items = topk_unseen(total.clone(), batch, k)
-        return recall_of(items.numpy(), users, data, k)
+    def __init__(self, models: list, data: PreparedData, users: np.ndarray, chunk: int):
+        self.data, self.users = data, users
+        with torch.no_grad():
+            self.rows = [torch.cat([standardised(m.score(b).float(), b) for b in
+                                    (data.user_batch(users[s : s + chunk]) for s in range(0, len(users), chunk))])
+                         for m in models]
+        self.batch = data.user_batch(users)
 
-    return recall
+    def top(self, w: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+        """[len(rows), k] items of the blend with weights `w` for the users at `rows`."""
+        total = sum(float(x) * p[rows] for x, p in zip(w, self.rows) if x > 0)
+        _, items = topk_unseen(total.clone(), self.data.user_batch(self.users[rows]), k)
+        return items.numpy()
+
+    def objective(self, rows: np.ndarray, k: int) -> Callable[[np.ndarray], float]:
+        """Recall@k, on the holdout of the users at `rows`, of the blend with weights w."""
+        users = self.users[rows]
+        h = self.data.holdout
+        keep = np.isin(h.user, users)
+        holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])
+
+        def recall(w: np.ndarray) -> float:
+            return evaluate(self.top(w, rows, k), users, holdout, self.data.n_users, k)[f"recall_at_{k}"]
+
+        return recall

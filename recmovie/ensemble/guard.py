@@ -69,8 +69,12 @@ def judge(pool: Pool, values: np.ndarray, data: PreparedData, users: np.ndarray,
         topk, _ = ranked_lists(sub, order, data, k, k)
         return user_recalls(topk.items, topk.users, holdout, data.n_users, k)[1]
 
-    combined = per_user(values[rows])
-    members = [per_user(-sub.ranks[:, m]) for m in range(pool.ranks.shape[1])]
+    return compare(per_user(values[rows]), [per_user(-sub.ranks[:, m]) for m in range(pool.ranks.shape[1])])
+
+
+def compare(combined: np.ndarray, members: list[np.ndarray]) -> Verdict:
+    """The verdict from per-user Recall@k (the same users, the same order) of the combination and of
+    each member."""
     best = int(np.argmax([r.mean() for r in members]))
     diff = combined - members[best]
     se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")

@@ -66,6 +66,10 @@ def test_full_score_blend_reloads_the_members_and_searches_on_validation(members
               if r.data.tags.get("method") == "score_blend" and "search.method" in r.data.params
               and r.data.params["search.method"] == "grid" and r.data.params.get("full_scores") == "True"]
     assert 0 < run.data.metrics["val_recall_at_10"] <= 1
+    # the guard, on the validation users the search did not see: the blend against each member's ranking
+    m = run.data.metrics
+    assert m["val_held_users"] > 0 and m["val_held_recall_at_10"] == m["val_recall_at_10"]
+    assert ("fallback" in run.data.tags) == (m["guard_passed"] == 0.0)
 
     with pytest.raises(ConfigError, match="`full_scores`: only score_blend"):
         run_ensemble(ensemble_config(tmp_path / "r", members, [runs, "method=rank_vote", "full_scores=true"]))
