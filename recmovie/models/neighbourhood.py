@@ -19,7 +19,7 @@ from numba import njit, prange
 from recmovie.data.batches import UserBatch
 from recmovie.data.prepare import PreparedData
 from recmovie.models.base import Recommender, check
-from recmovie.models.ops import history_times_sparse
+from recmovie.models.ops import gram_rows, history_times_sparse
 
 WEIGHTINGS = ("none", "tfidf", "bm25")
 
@@ -87,17 +87,20 @@ class ItemKNN(Recommender):
         items = weigh_rows(items, p.weighting, column_idf(items), mean_row_length(items), p.k1, p.b)
         items = sp.csr_matrix(items, dtype=np.float32)
         norms = torch.from_numpy(row_norms(items))
+        users = items.T.tocsr()  # users x items; `items` is its CSC form
         n, k = items.shape[0], min(p.k, items.shape[0])
         rows, cols, vals = [], [], []
         for start in range(0, n, SIMILARITY_BLOCK):
             stop = min(start + SIMILARITY_BLOCK, n)
-            g = torch.from_numpy(np.ascontiguousarray((items @ items[start:stop].T).toarray(), dtype=np.float32))
-            sim = g.div_(norms[:, None] * norms[None, start:stop] + p.shrink + 1e-12)
-            sim[torch.arange(start, stop), torch.arange(stop - start)] = 0.0
-            top = torch.topk(sim, k, dim=0)  # neighbours of each target item j: column j
+            # the Gram is symmetric: its rows start..stop are the columns of these targets
+            g = torch.from_numpy(gram_rows(users, sp.csc_matrix((items.data, items.indices, items.indptr),
+                                                                 shape=users.shape), start, stop))
+            sim = g.div_(norms[None, :] * norms[start:stop, None] + p.shrink + 1e-12)
+            sim[torch.arange(stop - start), torch.arange(start, stop)] = 0.0
+            top = torch.topk(sim, k, dim=1)  # neighbours of each target item j: row j - start
             keep = top.values > 0
             rows.append(top.indices[keep].numpy())
-            cols.append((torch.arange(start, stop).expand(k, -1))[keep].numpy())
+            cols.append((torch.arange(start, stop)[:, None].expand(-1, k))[keep].numpy())
             vals.append(top.values[keep].numpy())
         nb = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
         self.set_neighbours(nb)

@@ -145,3 +145,26 @@ def history_times_sparse(batch: UserBatch, m_indptr: np.ndarray, m_indices: np.n
     _history_times_sparse(batch.indptr.numpy(), batch.indices.numpy(),
                           batch.values.numpy().astype(np.float32, copy=False), m_indptr, m_indices, m_data, out)
     return torch.from_numpy(out)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _gram_rows(indptr, indices, data, col_indptr, col_rows, col_vals, start, out):  # pragma: no cover - numba
+    # row t of the block: (X^T X)[start + t, :] = sum over users u holding item b of w_ub * x_u
+    for t in prange(out.shape[0]):
+        b = start + t
+        row = out[t]
+        row[:] = 0.0
+        for p in range(col_indptr[b], col_indptr[b + 1]):
+            u = col_rows[p]
+            wb = col_vals[p]
+            for q in range(indptr[u], indptr[u + 1]):
+                row[indices[q]] += wb * data[q]
+
+
+def gram_rows(x: sp.csr_matrix, x_csc: sp.csc_matrix, start: int, stop: int) -> np.ndarray:
+    """Rows start..stop of X^T X (float32, [stop - start, n_items]) for a users x items X, given as
+    CSR and CSC: a block of the Gram matrix without the rest of it."""
+    out = np.empty((stop - start, x.shape[1]), np.float32)
+    _gram_rows(x.indptr, x.indices, x.data.astype(np.float32, copy=False), x_csc.indptr, x_csc.indices,
+               x_csc.data.astype(np.float32, copy=False), start, out)
+    return out
