@@ -26,7 +26,7 @@ from recmovie.data.features import run_features
 from recmovie.data.prepare import PreparedData, load_run_data
 from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
-from recmovie.evaluation.ranking import TopK, rank, release_year_filter
+from recmovie.evaluation.ranking import ReleaseYearFilter, TopK, rank, release_year_filter
 from recmovie.models.base import Recommender, build_model, load_checkpoint, plain, save_checkpoint
 from recmovie.runs import get_run, run_file
 from recmovie.schema import Schema
@@ -140,8 +140,9 @@ def plan(cfg: DictConfig) -> Job:
     return job
 
 
-def open_data(job: Job, run) -> PreparedData:
-    """Log the config, read the data and check that a submission can be made from it."""
+def open_data(job: Job, run) -> tuple[PreparedData, ReleaseYearFilter | None]:
+    """Log the config, read the data and check that a submission can be made from it; the data
+    and the ranking's item filter."""
     # locations are tags, not params: a comparison view should not plot them (and a resumed run
     # may find its store elsewhere: MLflow refuses a param that changes)
     tuned_keys = tuple(f"model.{key}" for key in job.grid)  # logged once chosen
@@ -150,11 +151,11 @@ def open_data(job: Job, run) -> PreparedData:
     run.log_text(OmegaConf.to_yaml(job.resolved), "config.yaml")
     data = load_run_data(job.cfg, validation=job.mode != "everything" or bool(job.grid))
     check_recommendable(data, int(job.cfg.eval.k))  # before the fit: a submission it could not make
-    release_year_filter(job.cfg.get("filter"), data)  # and a filter it could not apply
+    item_filter = release_year_filter(job.cfg.get("filter"), data)  # and a filter it could not apply
     run.opened()
     run.log_params({"data_fingerprint": data.fingerprint})
     run.set_tags({"data_fingerprint": data.fingerprint, "data_cache": data.info["cache"]})
-    return data
+    return data, item_filter
 
 
 def available_memory() -> int | None:
@@ -233,7 +234,7 @@ def train(cfg: DictConfig) -> float | None:
     with start_run(resolve_tracking_uri(cfg.tracking.uri), str(cfg.tracking.experiment), name, job.tags,
                    bool(cfg.tracking.enabled) and rank_zero, overlap=True, resume=cfg.get("resume")) as run:
         try:
-            data = open_data(job, run)
+            data, item_filter = open_data(job, run)
             check_memory(job.model, data)
             tune(job, data, run)
             torch.manual_seed(int(cfg.seed))  # initial weights of gradient models
@@ -245,7 +246,7 @@ def train(cfg: DictConfig) -> float | None:
                 return None
             t0 = time.perf_counter()
             topk = rank(fitted.model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size),
-                        item_filter=release_year_filter(cfg.get("filter"), data))
+                        item_filter=item_filter)
             timings = {"fit_seconds": fit_seconds, "predict_seconds": time.perf_counter() - t0,
                        "data_seconds": data.info["seconds"]}
             metrics = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)

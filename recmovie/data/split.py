@@ -31,6 +31,11 @@ class Holdout:
     def empty(cls) -> "Holdout":
         return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8))
 
+    def of_users(self, users: np.ndarray) -> "Holdout":
+        """The rows of `users` only."""
+        keep = np.isin(self.user, users)
+        return Holdout(self.user[keep], self.item[keep], self.part[keep])
+
 
 def split_none(ds: Dataset) -> tuple[np.ndarray, Holdout]:
     """Train on everything (for a final submission)."""

@@ -21,7 +21,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from recmovie.candidates import write_candidates
 from recmovie.config import check_ranking_config, check_value
 from recmovie.data.prepare import PreparedData
-from recmovie.data.split import Holdout
 from recmovie.ensemble.fusion import METHODS, FullScoreRows, ScoreBlend, fuse, pool_objective
 from recmovie.ensemble.members import (
     check_members, find_members, member_lists, member_models, member_table, member_weights, members_data,
@@ -172,10 +171,8 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
 
 def with_holdout(data: PreparedData, users: np.ndarray) -> PreparedData:
     """`data` whose holdout keeps only `users`' rows (the same arrays otherwise)."""
-    h = data.holdout
-    keep = np.isin(h.user, users)
     out = copy.copy(data)
-    out.holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])
+    out.holdout = data.holdout.of_users(users)
     return out
 
 
@@ -223,9 +220,7 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
 def full_score_verdict(rows, weights: np.ndarray, held: np.ndarray, k: int):
     """The guard on the held-out validation users: the blend against each member's own ranking."""
     users = rows.users[held]
-    h = rows.data.holdout
-    keep = np.isin(h.user, users)
-    holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])
+    holdout = rows.data.holdout.of_users(users)
 
     def per_user(w: np.ndarray) -> np.ndarray:
         return user_recalls(rows.top(w, held, k), users, holdout, rows.data.n_users, k)[1]

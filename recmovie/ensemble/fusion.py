@@ -18,8 +18,7 @@ import torch
 
 from recmovie.data.batches import UserBatch
 from recmovie.data.prepare import PreparedData
-from recmovie.data.split import Holdout
-from recmovie.ensemble.pool import Pool, group_starts, position_in_group, ranked_lists, standardised
+from recmovie.ensemble.pool import Pool, group_starts, hidden_rows, position_in_group, ranked_lists, standardised
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import topk_unseen
 
@@ -83,9 +82,7 @@ class PoolGrid:
         self.shape = (int(long.sum()), int(counts[long].max(initial=k)))
         rows = np.repeat(np.arange(self.shape[0]), counts[long])
         self.flat = rows * self.shape[1] + position_in_group(pool.users)[self.in_long]
-        is_hidden = np.isin(pool.users * data.n_items + pool.items,
-                            hidden.user[known].astype(np.int64) * data.n_items + hidden.item[known].astype(np.int64))
-        self.label = self.lay_out(is_hidden[self.in_long], False)
+        self.label = self.lay_out(hidden_rows(pool, data)[self.in_long], False)
         self.tie = self.lay_out(pool.ranks[self.in_long, 0].astype(np.int64) * data.n_items + pool.items[self.in_long],
                                 self.BIG)
         users = denominator[pool_users[long]]
@@ -150,9 +147,7 @@ class FullScoreRows:
     def objective(self, rows: np.ndarray, k: int) -> Callable[[np.ndarray], float]:
         """Recall@k, on the holdout of the users at `rows`, of the blend with weights w."""
         users = self.users[rows]
-        h = self.data.holdout
-        keep = np.isin(h.user, users)
-        holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])
+        holdout = self.data.holdout.of_users(users)
 
         def recall(w: np.ndarray) -> float:
             return evaluate(self.top(w, rows, k), users, holdout, self.data.n_users, k)[f"recall_at_{k}"]

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recmovie.data.prepare import PreparedData
-from recmovie.data.split import Holdout
 from recmovie.ensemble.pool import Pool, ranked_lists
 from recmovie.evaluation.metrics import user_recalls
 
@@ -61,9 +60,7 @@ def judge(pool: Pool, values: np.ndarray, data: PreparedData, users: np.ndarray,
     member's own order (its ranks), on `users` (validation users nothing learned from)."""
     sub = pool.subset(users)
     rows = np.isin(pool.users, users)
-    h = data.holdout
-    keep = np.isin(h.user, users)
-    holdout = Holdout(h.user[keep], h.item[keep], h.part[keep])
+    holdout = data.holdout.of_users(users)
 
     def per_user(order: np.ndarray) -> np.ndarray:
         topk, _ = ranked_lists(sub, order, data, k, k)

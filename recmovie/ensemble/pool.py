@@ -29,6 +29,14 @@ class Pool:
         return Pool(self.users[rows], self.items[rows], self.ranks[rows], self.scores[rows], self.top_n)
 
 
+def hidden_rows(pool: Pool, data: PreparedData) -> np.ndarray:
+    """Whether each pool row's (user, item) is in `data`'s holdout."""
+    hidden = data.holdout
+    known = hidden.item >= 0
+    key = hidden.user[known].astype(np.int64) * data.n_items + hidden.item[known].astype(np.int64)
+    return np.isin(pool.users.astype(np.int64) * data.n_items + pool.items, key)
+
+
 def group_starts(sorted_keys: np.ndarray) -> np.ndarray:
     """Start index of each run of equal values in a sorted array."""
     return np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if len(sorted_keys) else sorted_keys

@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 
 from recmovie.data.prepare import PreparedData
 from recmovie.ensemble.guard import held_out_users
-from recmovie.ensemble.pool import Pool
+from recmovie.ensemble.pool import Pool, hidden_rows
 from recmovie.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,7 @@ def pair_features(pool: Pool, data: PreparedData, recent_share: float = 0.1, win
 
 def labels(pool: Pool, data: PreparedData) -> np.ndarray:
     """1 where the pool's pair is in `data`'s holdout, else 0."""
-    hidden = data.holdout
-    keep = hidden.item >= 0
-    key = hidden.user[keep].astype(np.int64) * data.n_items + hidden.item[keep].astype(np.int64)
-    return np.isin(pool.users.astype(np.int64) * data.n_items + pool.items, key).astype(np.int32)
+    return hidden_rows(pool, data).astype(np.int32)
 
 
 @dataclass

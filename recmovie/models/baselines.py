@@ -22,7 +22,6 @@ def _popularity(data: PreparedData, half_life_days: float | None) -> np.ndarray:
 class Popularity(Recommender):
     """Every user gets the most popular items they have not seen."""
 
-
     def __init__(self, half_life_days: float | None = None):
         super().__init__(half_life_days=half_life_days)
         check(half_life_days is None or half_life_days > 0, "half_life_days", "must be > 0 or null")
@@ -38,7 +37,6 @@ class Popularity(Recommender):
 class GenreRule(Recommender):
     """The user's top genres by share of their history; within them the most popular unseen items
     first, then the rest by popularity."""
-
 
     def __init__(self, n_genres: int = 3, half_life_days: float | None = None):
         super().__init__(n_genres=n_genres, half_life_days=half_life_days)

@@ -171,7 +171,6 @@ class FM(ContextRecommender):
     S = sum_j x_j v_j and Q = sum_j x_j^2 |v_j|^2 over the side's features, so a side's vector is
     [S, linear + within, 1] (user) or [S, 1, linear + within] (item): D = dim + 2."""
 
-
     def build(self, schema) -> None:
         super().build(schema)
         p = self.params
@@ -226,7 +225,6 @@ class WideDeep(DeepFM):
     user's top genres and the item's genres (with both fields in the feature set), and a deep MLP
     over the concatenated pooled field embeddings (its own tables); their logits add up. One Adam
     optimiser trains both (the paper uses FTRL for the wide part and AdaGrad for the deep one)."""
-
 
     def build(self, schema) -> None:
         super().build(schema)

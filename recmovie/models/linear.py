@@ -157,7 +157,6 @@ def item_sq_norms(x) -> np.ndarray:
 class EASE(ItemItemModel):
     """Steck 2019, "Embarrassingly Shallow Autoencoders": B = I - P / diag(P), P = (X^T X + l2 I)^-1."""
 
-
     def __init__(self, l2: float = 500.0, dtype: str = "float32"):
         super().__init__(l2=l2, dtype=dtype)
         check(l2 > 0, "l2", f"must be > 0, got {l2}")
@@ -185,7 +184,6 @@ class EDLAE(ItemItemModel):
     Netflix and MSD. xi = 0 (the default) is EDLAE, dropout = 0 and xi = 0 is EASE; xi > 0 (RDLAE)
     rescales only the columns whose ridge dominates, as diag(B) itself only scores seen items.
     """
-
 
     def __init__(self, l2: float = 300.0, dropout: float = 0.25, xi: float = 0.0, dtype: str = "float32"):
         super().__init__(l2=l2, dropout=dropout, xi=xi, dtype=dtype)
@@ -220,7 +218,6 @@ class ADMMSLIM(ItemItemModel):
     (benchmarks/RESULTS.md#code-choices). Non-negativity alone zeroes over half of the weights;
     l1 > 0 makes them sparser.
     """
-
 
     matrices = 5  # P, B, C, U and a product
 

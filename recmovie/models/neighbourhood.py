@@ -19,7 +19,7 @@ from numba import njit, prange
 from recmovie.data.batches import UserBatch
 from recmovie.data.prepare import PreparedData
 from recmovie.models.base import Recommender, check
-from recmovie.models.ops import gram_rows, history_times_sparse
+from recmovie.models.ops import sparse_rows_times
 
 WEIGHTINGS = ("none", "tfidf", "bm25")
 
@@ -72,7 +72,7 @@ class ItemKNN(Recommender):
 
     The neighbours are a sparse matrix (n_items x k entries, rows = neighbour i, columns = target
     j), built one block of target columns at a time, and a history is scored by a sparse x sparse
-    product into a dense row per user (ops.history_times_sparse)."""
+    product into a dense row per user (ops.sparse_rows_times)."""
 
     def __init__(self, k: int = 200, shrink: float = 10.0, weighting: str = "bm25", k1: float = 1.2, b: float = 0.75):
         super().__init__(k=k, shrink=shrink, weighting=weighting, k1=k1, b=b)
@@ -87,14 +87,13 @@ class ItemKNN(Recommender):
         items = weigh_rows(items, p.weighting, column_idf(items), mean_row_length(items), p.k1, p.b)
         items = sp.csr_matrix(items, dtype=np.float32)
         norms = torch.from_numpy(row_norms(items))
-        users = items.T.tocsr()  # users x items; `items` is its CSC form
+        users = items.T.tocsr()  # users x items
         n, k = items.shape[0], min(p.k, items.shape[0])
         rows, cols, vals = [], [], []
         for start in range(0, n, SIMILARITY_BLOCK):
             stop = min(start + SIMILARITY_BLOCK, n)
-            # the Gram is symmetric: its rows start..stop are the columns of these targets
-            g = torch.from_numpy(gram_rows(users, sp.csc_matrix((items.data, items.indices, items.indptr),
-                                                                 shape=users.shape), start, stop))
+            # rows start..stop of the Gram X^T X (symmetric: the columns of these targets)
+            g = torch.from_numpy(sparse_rows_times(items, users, start, stop))
             sim = g.div_(norms[None, :] * norms[start:stop, None] + p.shrink + 1e-12)
             sim[torch.arange(stop - start), torch.arange(start, stop)] = 0.0
             top = torch.topk(sim, k, dim=1)  # neighbours of each target item j: row j - start
@@ -117,8 +116,9 @@ class ItemKNN(Recommender):
         return sp.csr_matrix((self.nb_values.numpy(), self.nb_indices.numpy(), self.nb_indptr.numpy()), shape=(n, n))
 
     def score(self, batch: UserBatch) -> torch.Tensor:
-        return history_times_sparse(batch.to("cpu"), self.nb_indptr.numpy(), self.nb_indices.numpy(),
-                                    self.nb_values.numpy(), len(self.nb_indptr) - 1).to(self.nb_values.device)
+        b = batch.to("cpu")
+        history = sp.csr_matrix((b.values.numpy(), b.indices.numpy(), b.indptr.numpy()), shape=(len(b), self.n_items))
+        return torch.from_numpy(sparse_rows_times(history, self.neighbours())).to(self.nb_values.device)
 
 
 @njit(cache=True)
@@ -191,7 +191,6 @@ class UserKNN(Recommender):
     """Cosine user-user similarity with shrinkage: score(u, j) = sum over u's `k` most similar
     training users v of sim(u, v) * w_vj. Neighbours are found from the history being scored, so
     any user can be ranked (a training user is never its own neighbour)."""
-
 
     def __init__(self, k: int = 80, shrink: float = 10.0, weighting: str = "bm25", k1: float = 1.2, b: float = 0.75):
         super().__init__(k=k, shrink=shrink, weighting=weighting, k1=k1, b=b)

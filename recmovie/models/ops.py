@@ -126,45 +126,24 @@ def history_times(batch: UserBatch, tiles: np.ndarray, n_cols: int) -> torch.Ten
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _history_times_sparse(indptr, indices, data, m_indptr, m_indices, m_data, out):  # pragma: no cover - numba
-    for r in prange(len(indptr) - 1):
-        row = out[r]
-        row[:] = 0.0
-        for p in range(indptr[r], indptr[r + 1]):
-            w = data[p]
-            i = indices[p]
-            for q in range(m_indptr[i], m_indptr[i + 1]):
-                row[m_indices[q]] += w * m_data[q]
-
-
-def history_times_sparse(batch: UserBatch, m_indptr: np.ndarray, m_indices: np.ndarray, m_data: np.ndarray,
-                         n_cols: int) -> torch.Tensor:
-    """Scores = (users' weighted histories) @ M for a sparse items x items M (CSR arrays): a dense
-    accumulator row per user, each output row depending only on that user's history."""
-    out = np.empty((len(batch), n_cols), np.float32)
-    _history_times_sparse(batch.indptr.numpy(), batch.indices.numpy(),
-                          batch.values.numpy().astype(np.float32, copy=False), m_indptr, m_indices, m_data, out)
-    return torch.from_numpy(out)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _gram_rows(indptr, indices, data, col_indptr, col_rows, col_vals, start, out):  # pragma: no cover - numba
-    # row t of the block: (X^T X)[start + t, :] = sum over users u holding item b of w_ub * x_u
+def _sparse_rows_times(a_indptr, a_indices, a_data, first, b_indptr, b_indices, b_data, out):  # pragma: no cover - numba
+    # out[t] = sum over the entries (j, w) of A's row first + t of w * (B's row j): a dense
+    # accumulator per output row, rows in parallel
     for t in prange(out.shape[0]):
-        b = start + t
         row = out[t]
         row[:] = 0.0
-        for p in range(col_indptr[b], col_indptr[b + 1]):
-            u = col_rows[p]
-            wb = col_vals[p]
-            for q in range(indptr[u], indptr[u + 1]):
-                row[indices[q]] += wb * data[q]
+        for p in range(a_indptr[first + t], a_indptr[first + t + 1]):
+            w = a_data[p]
+            j = a_indices[p]
+            for q in range(b_indptr[j], b_indptr[j + 1]):
+                row[b_indices[q]] += w * b_data[q]
 
 
-def gram_rows(x: sp.csr_matrix, x_csc: sp.csc_matrix, start: int, stop: int) -> np.ndarray:
-    """Rows start..stop of X^T X (float32, [stop - start, n_items]) for a users x items X, given as
-    CSR and CSC: a block of the Gram matrix without the rest of it."""
-    out = np.empty((stop - start, x.shape[1]), np.float32)
-    _gram_rows(x.indptr, x.indices, x.data.astype(np.float32, copy=False), x_csc.indptr, x_csc.indices,
-               x_csc.data.astype(np.float32, copy=False), start, out)
+def sparse_rows_times(a: sp.csr_matrix, b: sp.csr_matrix, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows start..stop of A @ B, dense float32, for CSR matrices A and B: without A @ B's other
+    rows, and without the sparse product's own (hash-accumulated) output."""
+    stop = a.shape[0] if stop is None else stop
+    out = np.empty((stop - start, b.shape[1]), np.float32)
+    _sparse_rows_times(a.indptr, a.indices, a.data.astype(np.float32, copy=False), start, b.indptr, b.indices,
+                       b.data.astype(np.float32, copy=False), out)
     return out

@@ -189,7 +189,6 @@ class SASRec(SequentialRecommender):
     positions), the next item predicted at every position; with `loss=gbce`, gSASRec (Petrov &
     Macdonald 2023)."""
 
-
     def __init__(self, *, layers: int = 2, heads: int = 2, ff_mult: int = 1, max_len: int = 100, dropout: float = 0.5,
                  lr: float = 0.001, max_epochs: int = 150, patience: int = 10, select_on: str = "last", **params):
         super().__init__(layers=layers, heads=heads, ff_mult=ff_mult, max_len=max_len, dropout=dropout, lr=lr,
@@ -261,7 +260,6 @@ class GRU4Rec(SequentialRecommender):
     recurrence), a projection back to the embedding width, the next item at every position
     scored against the tied item table (full softmax by default: the 2018 paper's CE)."""
 
-
     def __init__(self, *, hidden: int = 128, layers: int = 1, max_len: int = 50, dropout: float = 0.2,
                  lr: float = 0.003, max_epochs: int = 100, patience: int = 6, select_on: str = "all", **params):
         super().__init__(hidden=hidden, layers=layers, max_len=max_len, dropout=dropout, lr=lr, max_epochs=max_epochs,
@@ -314,7 +312,6 @@ class GRU4RecTitles(GRU4Rec):
     title. The text embeddings (recmovie/data/text.py: `tfidf` offline by default, `minilm` with the
     `text` extra) are computed from the data the model fits on, cached with the prepared data, and
     kept in the checkpoint (a buffer), so predict.py needs neither the titles nor the encoder."""
-
 
     def __init__(self, *, text_fields: tuple[str, ...] | list[str] = ("title",), text_encoder: str = "tfidf",
                  text_dim: int = 64, **params):
