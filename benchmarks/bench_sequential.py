@@ -8,6 +8,9 @@
            on the last part (EASE 0.082); BERT4Rec and GRU4Rec above popularity (0.1097) overall.
 
     python benchmarks/bench_sequential.py [--models sasrec,gru4rec,bert4rec] [--bench DIR] [--work DIR]
+
+A model may carry its own overrides, quoted: --models "sasrec,s3rec,s3rec model.pretrain_epochs=0"
+(its run is named after them: s3rec-pretrain_epochs=0).
 """
 from __future__ import annotations
 
@@ -40,13 +43,15 @@ def quality(work: Path, bench: Path, models: list[str], overrides: list[str]) ->
     print("| model | Recall@10 all (± se) | last | random | validation Recall@10 | best epoch / epochs run "
           "| fit s (probe + refit) |")
     print("|---|---|---|---|---|---|---|")
-    for m in models:
-        args = train_args(work, m, bench / "input", "split=none", f"model={m}", *overrides)
-        r = run_measured(args, REPO, work / "logs" / f"{m}.log")
-        parts = score_parts(work / "runs" / m / "submission.csv", bench)
+    for spec in models:
+        m, *own = spec.split()
+        name = "-".join([m, *(o.split(".", 1)[-1] for o in own)])
+        args = train_args(work, name, bench / "input", "split=none", f"model={m}", *own, *overrides)
+        r = run_measured(args, REPO, work / "logs" / f"{name}.log")
+        parts = score_parts(work / "runs" / name / "submission.csv", bench)
         v = selection(work, r["stdout"])
         t = timings(r["stdout"])
-        print(f"| {m} | {parts['all']:.4f} (± {parts['se']:.4f}) | {parts['last']:.4f} | {parts['random']:.4f} | "
+        print(f"| {spec} | {parts['all']:.4f} (± {parts['se']:.4f}) | {parts['last']:.4f} | {parts['random']:.4f} | "
               f"{v['val']:.4f} | {v['best_epoch']} / {v['epochs']} | {t.get('fit_seconds', float('nan')):.1f} |",
               flush=True)
     print(f"\nreference on the same split: EASE {REFERENCE['ease']['all']} overall, {REFERENCE['ease']['last']} "

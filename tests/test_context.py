@@ -17,7 +17,7 @@ from recmovie.data.prepare import prepare_data
 from recmovie.data.views import fields
 from recmovie.errors import ConfigError, DataError
 from recmovie.models.base import build_model
-from recmovie.models.context import FM, DeepFM, WideDeep
+from recmovie.models.context import FM, AutoInt, DeepFM, WideDeep
 from recmovie.schema import Schema
 from tests.conftest import make_config
 
@@ -181,12 +181,16 @@ def test_fm_decomposed_ranking_equals_the_brute_force_fm(data):
             assert full[r, item].item() == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
-@pytest.mark.parametrize("cls", [DeepFM, WideDeep])
+DEEP = {DeepFM: {"hidden": [16, 8]}, WideDeep: {"hidden": [16, 8]},
+        AutoInt: {"att_layers": 2, "heads": 2, "att_dim": 4}}
+
+
+@pytest.mark.parametrize("cls", list(DEEP), ids=lambda c: c.__name__)
 def test_deep_models_score_the_same_in_any_item_blocks(data, cls):
     batch = data.user_batch(np.arange(40))
     with torch.no_grad():
-        small = built(cls, data, ALL, dim=8, hidden=[16, 8], score_budget_mb=1)
-        large = built(cls, data, ALL, dim=8, hidden=[16, 8], score_budget_mb=4096)
+        small = built(cls, data, ALL, dim=8, score_budget_mb=1, **DEEP[cls])
+        large = built(cls, data, ALL, dim=8, score_budget_mb=4096, **DEEP[cls])
         assert small.item_block(10_000) < data.n_items <= large.item_block(40)
         a, b = small.score(batch), large.score(batch)
         assert torch.allclose(a, b, atol=1e-5)

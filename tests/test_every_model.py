@@ -98,6 +98,7 @@ BAD_VALUES = [
     ("recvae", "prior_weights", [0.5, 0.5, 0.5]), ("recvae", "gamma", -1.0), ("recvae", "enc_passes", 0),
     ("recvae", "hidden", [600]), ("sasrec", "max_len", 1), ("sasrec", "heads", 3), ("sasrec", "loss", "multinomial"),
     ("sasrec", "negatives", 0), ("fm", "score_budget_mb", 0), ("deepfm", "hidden", []),
+    ("autoint", "heads", 0), ("autoint", "second_order", "yes"),
 ]
 
 

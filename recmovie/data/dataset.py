@@ -16,7 +16,10 @@ SIDE_FILES = {
     "genre": "genres.tsv",
     "director": "directors.tsv",
     "writer": "writers.tsv",
+    "attribute": "attributes.tsv",  # any categorical attribute (categories, brands, tags)
 }
+# S3-Rec's baseline file of the same field: {"<item id>": [<attribute id>, ...], ...}
+ATTRIBUTES_JSON = "*item2attributes.json"
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 A feature set names the fields a model reads beside the user and item ids:
 
-- item fields: `genre`, `director`, `writer` (the side files' values), `era` (the seed team's six
+- item fields: `genre`, `director`, `writer`, `attribute` (the side files' values; `attribute` from
+  attributes.tsv or S3-Rec's `*_item2attributes.json`), `era` (the seed team's six
   release eras: before 1920, 1920-49, 1950-69, 1970-79, 1980-99, 2000 on), `decade` (release year
   in 10-year buckets, 1910s .. 2020s) and `title` (the title's words, hashed into `title_buckets`
   codes: a title vocabulary would grow with every new film, a hashed one has a fixed size, so a
@@ -33,14 +34,15 @@ import torch
 from omegaconf import OmegaConf
 
 from recmovie.data.batches import FieldBatch, PairBatch
-from recmovie.data.dataset import SIDE_FILES, Dataset
+from recmovie.data.dataset import ATTRIBUTES_JSON, SIDE_FILES, Dataset
 from recmovie.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 # field -> the side field (file) it is derived from
-ITEM_FIELDS = {"genre": "genre", "director": "director", "writer": "writer", "era": "year", "decade": "year",
-               "title": "title"}
+ITEM_FIELDS = {"genre": "genre", "director": "director", "writer": "writer", "attribute": "attribute",
+               "era": "year", "decade": "year", "title": "title"}
+BAG_FIELDS = ("genre", "director", "writer", "attribute")  # a side file's values, coded as they are
 USER_FIELDS = {"top_genres": "genre", "activity": None}
 ERA_EDGES = [1920, 1950, 1970, 1980, 2000]  # six eras: before 1920, 1920-49, 1950-69, 1970-79, 1980-99, 2000+
 FIRST_DECADE, LAST_DECADE = 1910, 2020
@@ -100,12 +102,13 @@ def available_side_fields(data_cfg) -> set[str] | None:
     """The side fields the configured data has, told from its config and folder alone (None: unknown)."""
     fmt = data_cfg.get("format")
     if fmt == "synthetic":
-        return set(SIDE_FILES)
+        return set(SIDE_FILES) - {"attribute"}
     if fmt == "movielens":
         return set(MOVIELENS_SIDE)
     if fmt == "competition" and data_cfg.get("dir") not in (None, "", "???"):
         folder = Path(str(data_cfg.dir))
-        return {name for name, file in SIDE_FILES.items() if (folder / file).is_file()}
+        have = {name for name, file in SIDE_FILES.items() if (folder / file).is_file()}
+        return have | ({"attribute"} if any(folder.glob(ATTRIBUTES_JSON)) else set())
     return None
 
 
@@ -158,7 +161,7 @@ def check_side_data(fs: FeatureSet, ds: Dataset) -> None:
 # ------------------------------------------------------------------ codes
 def field_size(field: str, fs: FeatureSet, schema) -> int:
     """Codes of a field, the reserved "unknown" one included; the table holds one more, for padding."""
-    if field in ("genre", "director", "writer", "top_genres"):
+    if field in (*BAG_FIELDS, "top_genres"):
         return schema.side_size("genre" if field == "top_genres" else field) or 1
     if field == "era":
         return len(ERA_EDGES) + 2
@@ -198,7 +201,7 @@ def item_field_codes(ds: Dataset, fs: FeatureSet, schema) -> dict[str, np.ndarra
     out = {}
     for field in fs.item_tables:
         unknown = field_size(field, fs, schema) - 1
-        if field in ("genre", "director", "writer"):
+        if field in BAG_FIELDS:
             f = ds.side[field]
             out[field] = padded_bags(n, f.item.astype(np.int64), f.value.astype(np.int64), unknown)
         elif field in ("era", "decade"):

@@ -8,13 +8,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
-from recmovie.data.dataset import SIDE_FILES, Dataset, build_dataset
+from recmovie.data.dataset import ATTRIBUTES_JSON, SIDE_FILES, Dataset, build_dataset
 from recmovie.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,8 @@ def _diagnose(path, data, names, columns, sep, encoding, quoted, first_line) -> 
 
 # ---------------------------------------------------------------- competition folder
 def read_competition(folder: str | Path) -> Dataset:
-    """`train_ratings.csv` (user,item,time) plus any of titles/years/genres/directors/writers.tsv."""
+    """`train_ratings.csv` (user,item,time) plus any of titles/years/genres/directors/writers/
+    attributes.tsv, or instead of attributes.tsv the S3-Rec baseline's `*_item2attributes.json`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "data folder not found")
@@ -179,7 +181,44 @@ def read_competition(folder: str | Path) -> Dataset:
         if side_path.exists():
             t = read_table(side_path, {"item": "int", name: "str"}, sep="\t")
             side[name] = (t["item"], t[name], str(side_path))
+    json_path = attributes_json(folder)
+    if json_path is not None:
+        side["attribute"] = (*read_item2attributes(json_path), str(json_path))
     return build_dataset(cols["user"], cols["item"], cols["time"], side=side, source=str(path))
+
+
+def attributes_json(folder: Path) -> Path | None:
+    """The folder's `*_item2attributes.json`, if any; two of them, or one beside attributes.tsv,
+    would leave the attribute field ambiguous and are refused."""
+    found = sorted(folder.glob(ATTRIBUTES_JSON))
+    if len(found) > 1:
+        raise DataError(folder, f"holds {len(found)} item2attributes files ({', '.join(p.name for p in found)}); "
+                        "keep one")
+    if found and (folder / SIDE_FILES["attribute"]).exists():
+        raise DataError(found[0], f"and {SIDE_FILES['attribute']} both give the items' attributes; keep one")
+    return found[0] if found else None
+
+
+def read_item2attributes(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """S3-Rec's `{"<item id>": [<attribute id>, ...]}` as (raw item ids, attribute values as strings)."""
+    data = _open_bytes(path)
+    try:
+        mapping = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"is not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"is not valid JSON: {e.msg}", line=e.lineno) from None
+    if not isinstance(mapping, dict):
+        raise DataError(path, f"must hold one object of item id -> list of attributes, got a {type(mapping).__name__}")
+    items, values = [], []
+    for key, attrs in mapping.items():
+        if not _INTEGER.fullmatch(str(key).strip()):
+            raise DataError(path, f"item id {key!r} is not an integer")
+        if not isinstance(attrs, list) or not all(isinstance(a, (int, str)) and not isinstance(a, bool) for a in attrs):
+            raise DataError(path, f"item {key}: expected a list of attribute ids, got {attrs!r}"[:200])
+        items.extend([int(key)] * len(attrs))
+        values.extend(str(a) for a in attrs)
+    return np.asarray(items, np.int64), np.asarray(values, dtype=str)
 
 
 # ---------------------------------------------------------------- MovieLens raw releases
@@ -283,7 +322,7 @@ def input_files(fmt: str, folder: str | Path) -> list[Path]:
     """The files a reader of format `fmt` would read in `folder` (for fingerprinting)."""
     folder = Path(folder)
     if fmt == "competition":
-        names = [INTERACTIONS_FILE, *SIDE_FILES.values()]
+        names = [INTERACTIONS_FILE, *SIDE_FILES.values(), *(p.name for p in folder.glob(ATTRIBUTES_JSON))]
     else:
         names = ["ratings.csv", "movies.csv", "ratings.dat", "movies.dat", "u.data", "u.item"]
     return [folder / n for n in names if (folder / n).is_file()]

@@ -122,7 +122,7 @@ class ContextRecommender(PairwiseRecommender):
         i, i_sq, hi = self.side_parts(item, "item")  # [B, C, D], [B, C], [B, C, H]
         s = (u[:, None, :] * i).sum(-1)
         if self.has_deep:
-            s = s + self.deep(hu[:, None, :] + hi).squeeze(-1)
+            s = s + self.deep_scores(hu[:, None], hi)
         return s, u_sq.sum() + i_sq.sum() / i_sq.shape[1]
 
     def side_parts(self, codes: Codes, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -151,14 +151,21 @@ class ContextRecommender(PairwiseRecommender):
             hu, hi = self.hidden(user, "user"), self.hidden(item, "item")  # [B, H], [n_items, H]
             block = self.item_block(len(hu))
             for s in range(0, self.n_items, block):
-                out[:, s : s + block] += self.deep(hu[:, None, :] + hi[None, s : s + block]).squeeze(-1)
+                out[:, s : s + block] += self.deep_scores(hu[:, None], hi[None, s : s + block])
         return out
 
+    def deep_scores(self, hu: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """The deep part's scores of user shares hu [B, 1, ...] x item shares hi [B or 1, C, ...]: [B, C]."""
+        return self.deep(hu + hi).squeeze(-1)
+
+    def floats_per_pair(self) -> int:
+        """float32 activations the deep part holds per (user, item) pair: each layer's input and output."""
+        return 2 * sum(m.in_features + m.out_features for m in self.deep if isinstance(m, nn.Linear))
+
     def item_block(self, n_users: int) -> int:
-        """Items per block of the deep part so that its activations (each layer's input and output,
-        float32) for n_users x block pairs stay within score_budget_mb."""
-        floats_per_pair = 2 * sum(m.in_features + m.out_features for m in self.deep if isinstance(m, nn.Linear))
-        return max(1, (self.params.score_budget_mb << 20) // (4 * floats_per_pair * max(1, n_users)))
+        """Items per block of the deep part so that its activations for n_users x block pairs stay
+        within score_budget_mb."""
+        return max(1, (self.params.score_budget_mb << 20) // (4 * self.floats_per_pair() * max(1, n_users)))
 
     def score_items(self, batch: UserBatch, items: torch.Tensor) -> torch.Tensor:
         return self.pair_scores(self.user_codes(batch), self.item_codes(items.clamp_min(0)))[0]
@@ -258,3 +265,66 @@ class WideDeep(DeepFM):
                 parts.append(hot / (c != g).sum(-1, keepdim=True).clamp_min(1))
         sq = self.deep_emb[side](codes, self.sides[side])[0].pow(2).sum((-1, -2))
         return torch.cat(parts, -1), sq
+
+
+class AutoInt(FM):
+    """Song et al. 2019: `att_layers` layers of multi-head self-attention over the pair's pooled
+    field embeddings (user side and item side together), each field's output ReLU(attention +
+    a residual projection of its input), then one linear map of the concatenated outputs; plus the
+    FM's linear part (and its second-order part with `second_order`). The first layer's query /
+    key / value / residual projections are per field, so each side's share is computed once per
+    user and once per item (`hidden`); the attention itself mixes both sides and runs per pair, in
+    item blocks when ranking the catalogue. Attention scores are scaled by 1/sqrt(att_dim) (torch's
+    attention kernel; the paper does not scale)."""
+
+    has_deep = True
+
+    def __init__(self, *, att_layers: int = 2, heads: int = 2, att_dim: int = 32, second_order: bool = False,
+                 **params):
+        super().__init__(att_layers=att_layers, heads=heads, att_dim=att_dim, second_order=second_order, **params)
+        for key, v in (("att_layers", att_layers), ("heads", heads), ("att_dim", att_dim)):
+            check(isinstance(v, int) and v >= 1, key, f"must be an integer >= 1, got {v!r}")
+        check(isinstance(second_order, bool), "second_order", f"must be true or false, got {second_order!r}")
+
+    def build(self, schema) -> None:
+        super().build(schema)
+        p = self.params
+        width = p.heads * p.att_dim
+        self.first = nn.Linear(p.dim, 4 * width, bias=False)  # query, key, value, residual of each field
+        self.deeper = nn.ModuleList(nn.Linear(width, 4 * width, bias=False) for _ in range(p.att_layers - 1))
+        self.out = nn.Linear((len(self.sides["user"]) + len(self.sides["item"])) * width, 1, bias=False)
+
+    def factors(self, codes: Codes, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.params.second_order:
+            return super().factors(codes, side)
+        e, _ = self.emb[side](codes, self.sides[side])
+        w = self.lin[side](codes, self.sides[side])[0].sum((-1, -2))
+        one = torch.ones_like(w)[..., None]
+        parts = [(w + self.bias)[..., None], one] if side == "user" else [one, w[..., None]]
+        return torch.cat(parts, -1), e.pow(2).sum((-1, -2))
+
+    def hidden(self, codes: Codes, side: str) -> torch.Tensor:
+        """[..., F_side, 4 x heads x att_dim]: the first layer's projections of the side's fields."""
+        return self.first(self.emb[side](codes, self.sides[side])[0])
+
+    def deep_scores(self, hu: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        lead = torch.broadcast_shapes(hu.shape[:-2], hi.shape[:-2])
+        x = torch.cat([hu.expand(*lead, *hu.shape[-2:]), hi.expand(*lead, *hi.shape[-2:])], -2)
+        h = self.attend(x.reshape(-1, *x.shape[-2:]))
+        for layer in self.deeper:
+            h = self.attend(layer(h))
+        return self.out(h.flatten(-2)).reshape(lead)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, F, 4 x width] projections -> [N, F, width] = ReLU(attention over the F fields + residual)."""
+        n, f, _ = x.shape
+        heads, a = self.params.heads, self.params.att_dim
+        q, k, v, r = x.view(n, f, 4, heads, a).permute(2, 0, 3, 1, 4)  # each [N, heads, F, a]
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return torch.relu(o + r).transpose(1, 2).reshape(n, f, heads * a)
+
+    def floats_per_pair(self) -> int:
+        p = self.params
+        f, width = len(self.sides["user"]) + len(self.sides["item"]), p.heads * p.att_dim
+        # per layer: the projections, q/k/v copies for the kernel, the weights, the output and its ReLU
+        return p.att_layers * f * (10 * width + p.heads * f)

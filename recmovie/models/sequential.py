@@ -82,7 +82,9 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, dropout, ff_mult) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, causal: bool | None = None) -> torch.Tensor:
+        """Hidden states [B, W, dim] of left-padded items [B, W]; `causal` overrides the network's own
+        (S3-Rec pre-trains its causal encoder bidirectionally)."""
         b, w = items.shape
         valid = items != self.pad
         pos = torch.arange(self.max_len - w, self.max_len, device=items.device)
@@ -90,7 +92,7 @@ class Transformer(nn.Module):
         x = self.drop(self.item_emb(items) + self.pos_emb(pos)[None]) * keep
         eye = torch.eye(w, dtype=torch.bool, device=items.device)
         allowed = valid[:, None, None, :] | eye  # [B, 1, W, W]: valid keys, and always itself
-        if self.causal:
+        if self.causal if causal is None else causal:
             allowed = allowed & torch.ones(w, w, dtype=torch.bool, device=items.device).tril()
         for block in self.blocks:
             x = block(x, allowed) * keep

@@ -1,0 +1,109 @@
+"""S3-Rec: the item2attributes reader, the attribute table, the four pre-training objectives and
+the pre-trained encoder's cache."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from recmovie.data.prepare import load_run_data
+from recmovie.data.readers import read_competition
+from recmovie.errors import ConfigError, DataError
+from recmovie.models.base import build_model
+from recmovie.models.s3rec import attribute_fields, item_attributes
+from recmovie.models.sequential import SASRec
+from recmovie.schema import Schema
+from tests.conftest import make_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def folder_with(tmp_path, attributes: str, name: str = "Beauty_item2attributes.json"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "train_ratings.csv").write_text("user,item,time\n1,10,1\n1,20,2\n2,20,3\n2,30,4\n")
+    (tmp_path / name).write_text(attributes)
+    return tmp_path
+
+
+def test_the_baselines_item2attributes_file_is_the_attribute_field(tmp_path, caplog):
+    # item 40 has no interactions: dropped with a warning naming the file, like a .tsv side row
+    ds = read_competition(folder_with(tmp_path, json.dumps({"10": [1, 2], "20": [2], "40": [3]})))
+    f = ds.side["attribute"]
+    pairs = {(int(ds.item_ids[i]), str(f.vocab[v])) for i, v in zip(f.item, f.value)}
+    assert pairs == {(10, "1"), (10, "2"), (20, "2")}
+    assert "Beauty_item2attributes.json" in caplog.text
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"10": [1, 2]', "is not valid JSON"),
+    ('[1, 2]', "must hold one object"),
+    ('{"ten": [1]}', "item id 'ten' is not an integer"),
+    ('{"10": 3}', "item 10: expected a list"),
+])
+def test_a_bad_item2attributes_file_is_refused_naming_it(tmp_path, content, problem):
+    with pytest.raises(DataError, match=problem) as e:
+        read_competition(folder_with(tmp_path, content))
+    assert "Beauty_item2attributes.json" in str(e.value)
+
+
+def test_two_attribute_files_are_refused(tmp_path):
+    folder = folder_with(tmp_path, '{"10": [1]}')
+    (folder / "attributes.tsv").write_text("item\tattribute\n10\tred\n")
+    with pytest.raises(DataError, match="both give the items' attributes"):
+        read_competition(folder)
+
+
+def test_auto_attributes_and_the_multi_hot_table(small_dir, tmp_path):
+    assert attribute_fields("auto", {"genre", "title"}) == ["genre"]
+    assert attribute_fields("auto", {"genre", "attribute"}) == ["attribute"]
+    with pytest.raises(ConfigError, match="model.attributes"):
+        attribute_fields(["attribute"], {"genre"})
+    cfg = make_config(tmp_path, ["data=competition", f"data.dir={small_dir}"])
+    data = load_run_data(cfg)
+    schema = Schema.from_data(data)
+    hot = item_attributes(data, ["genre", "director"], schema)
+    genre, director = data.dataset.side["genre"], data.dataset.side["director"]
+    assert hot.shape == (data.n_items, len(genre.vocab) + len(director.vocab))
+    assert hot.sum() == len(genre.item) + len(director.item)
+    i = int(genre.item[0])
+    assert set(np.flatnonzero(hot[i, : len(genre.vocab)].numpy())) == set(genre.value[genre.item == i])
+
+
+def s3rec(cfg, **params):
+    return build_model({**OmegaConf.to_container(cfg.model, resolve=True), **params})
+
+
+def test_pretraining_lowers_its_losses_and_is_cached(small_dir, tmp_path, caplog):
+    cfg = make_config(tmp_path, ["data=competition", f"data.dir={small_dir}", "model=s3rec", "model.max_len=20"])
+    data = load_run_data(cfg).fit_part()
+    schema = Schema.from_data(data)
+
+    def pretrained(seed: int, epochs: int):
+        torch.manual_seed(seed)
+        model = s3rec(cfg, pretrain_epochs=epochs, pretrain_batch_size=64, dropout=0.1, pretrain_lr=0.003)
+        model.build(schema)
+        model.pretrain(data)
+        return model
+
+    with caplog.at_level(logging.INFO, logger="recmovie.models.s3rec"):
+        first = pretrained(0, 8)
+    lines = re.findall(r"aap ([\d.]+)  mip ([\d.]+)  map ([\d.]+)  sp ([\d.]+)", caplog.text)
+    assert len(lines) == 8
+    start, end = np.array(lines[0], float), np.array(lines[-1], float)
+    assert (end[:3] < start[:3]).all(), (start, end)  # AAP, MIP, MAP fall; SP is noisier on 8 epochs
+    assert list((tmp_path / "cache").glob("s3rec-*.pt"))
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="recmovie.models.s3rec"):
+        again = pretrained(0, 8)  # same data, settings and seed: loaded, not pre-trained
+    assert "loaded from the cache" in caplog.text and "pre-training epoch" not in caplog.text
+    for a, b in zip(first.net.state_dict().values(), again.net.state_dict().values()):
+        assert torch.equal(a, b)
+    plain = SASRec(max_len=20)
+    plain.build(schema)
+    assert set(first.state_dict()) == set(plain.state_dict())  # the fitted model is a SASRec: no heads kept
