@@ -181,21 +181,37 @@ def test_fm_decomposed_ranking_equals_the_brute_force_fm(data):
             assert full[r, item].item() == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
-DEEP = {DeepFM: {"hidden": [16, 8]}, WideDeep: {"hidden": [16, 8]},
-        AutoInt: {"att_layers": 2, "heads": 2, "att_dim": 4}}
+DEEP = [(DeepFM, {"hidden": [16, 8]}), (WideDeep, {"hidden": [16, 8]}),
+        (AutoInt, {"att_layers": 1, "heads": 2, "att_dim": 4}), (AutoInt, {"att_layers": 2, "heads": 2, "att_dim": 4})]
 
 
-@pytest.mark.parametrize("cls", list(DEEP), ids=lambda c: c.__name__)
-def test_deep_models_score_the_same_in_any_item_blocks(data, cls):
+@pytest.mark.parametrize("cls, params", DEEP, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_deep_models_score_the_same_in_any_item_blocks(data, cls, params):
     batch = data.user_batch(np.arange(40))
     with torch.no_grad():
-        small = built(cls, data, ALL, dim=8, score_budget_mb=1, **DEEP[cls])
-        large = built(cls, data, ALL, dim=8, score_budget_mb=4096, **DEEP[cls])
+        small = built(cls, data, ALL, dim=8, score_budget_mb=1, **params)
+        large = built(cls, data, ALL, dim=8, score_budget_mb=4096, **params)
         assert small.item_block(10_000) < data.n_items <= large.item_block(40)
         a, b = small.score(batch), large.score(batch)
         assert torch.allclose(a, b, atol=1e-5)
         items = torch.from_numpy(np.random.default_rng(0).integers(0, data.n_items, (40, 7)))
         assert torch.allclose(small.score_items(batch, items), a.gather(1, items), atol=1e-5)
+
+
+def test_autoint_one_layer_products_equal_the_attention_over_both_sides(data):
+    """AutoInt's one-layer path (products between the sides' projections) against torch's
+    attention over the concatenated fields, in the ranking and in the training layout."""
+    model = built(AutoInt, data, ALL, dim=8, att_layers=1, heads=2, att_dim=4)
+    n_user, n_item = len(model.sides["user"]), len(model.sides["item"])
+    gen = torch.Generator().manual_seed(0)
+    for hu_shape, hi_shape in (((5, 1), (1, 7)), ((5, 1), (5, 3))):
+        hu = torch.randn(*hu_shape, n_user, 32, generator=gen)
+        hi = torch.randn(*hi_shape, n_item, 32, generator=gen)
+        lead = torch.broadcast_shapes(hu_shape, hi_shape)
+        x = torch.cat([hu.expand(*lead, n_user, 32), hi.expand(*lead, n_item, 32)], -2)
+        with torch.no_grad():
+            expected = model.out(model.attend(x.reshape(-1, n_user + n_item, 32)).flatten(-2)).reshape(lead)
+            assert torch.allclose(model.first_layer_scores(hu, hi), expected, atol=1e-5)
 
 
 @pytest.mark.slow

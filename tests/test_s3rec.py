@@ -107,3 +107,14 @@ def test_pretraining_lowers_its_losses_and_is_cached(small_dir, tmp_path, caplog
     plain = SASRec(max_len=20)
     plain.build(schema)
     assert set(first.state_dict()) == set(plain.state_dict())  # the fitted model is a SASRec: no heads kept
+
+
+def test_the_features_groups_item_fields_are_the_attributes(small_dir, tmp_path):
+    from recmovie.data.features import run_features
+
+    cfg = make_config(tmp_path, ["data=competition", f"data.dir={small_dir}", "model=s3rec", "features=ids_genre"])
+    with pytest.raises(ConfigError, match="features.user"):
+        build_model(OmegaConf.to_container(cfg.model, resolve=True), features=run_features(cfg))
+    cfg = make_config(tmp_path, ["data=competition", f"data.dir={small_dir}", "model=s3rec", "features.item=[director]"])
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), features=run_features(cfg))
+    assert model.params.attributes == ["director"]

@@ -309,11 +309,43 @@ class AutoInt(FM):
 
     def deep_scores(self, hu: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         lead = torch.broadcast_shapes(hu.shape[:-2], hi.shape[:-2])
+        if not self.deeper:
+            return self.first_layer_scores(hu, hi)
         x = torch.cat([hu.expand(*lead, *hu.shape[-2:]), hi.expand(*lead, *hi.shape[-2:])], -2)
         h = self.attend(x.reshape(-1, *x.shape[-2:]))
         for layer in self.deeper:
             h = self.attend(layer(h))
         return self.out(h.flatten(-2)).reshape(lead)
+
+    def first_layer_scores(self, hu: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """deep_scores of a one-layer network without the [pairs, F, 4 x width] copy of both sides'
+        projections: the attention scores between the sides are one einsum over the user's and the
+        item's own projections (a matrix product over users x items when ranking), and so are the
+        attended values, so that per pair only the scores and the attended values are held (torch's
+        attention kernel on [pairs, heads, 4, a] and batched 4 x 4 products cost several times more)."""
+        heads, a = self.params.heads, self.params.att_dim
+        n_user = hu.shape[-2]
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # [..., F, 4 x width] -> [4, ..., heads, F, a]
+            return x.unflatten(-1, (4, heads, a)).movedim(-3, 0).transpose(-3, -2)
+
+        (qu, ku, vu, ru), (qi, ki, vi, ri) = split(hu), split(hi)
+        # ranking ([B, 1] users x [1, C] items): einsum makes each product one matrix product over
+        # users x items; training ([B, 1] x [B, C] candidates): broadcast products are faster
+        ranking = hi.shape[:-2] != torch.broadcast_shapes(hu.shape[:-2], hi.shape[:-2])
+        w = self.out.weight.view(-1, heads, a).transpose(0, 1)  # [heads, F, a]
+        total = 0.0
+        for q, r, w_side in ((qu, ru, w[:, :n_user]), (qi, ri, w[:, n_user:])):
+            scores = [torch.einsum("...hfa,...hga->...hfg", q, k) if ranking else q @ k.transpose(-1, -2)
+                      for k in (ku, ki)]
+            shape = torch.broadcast_shapes(*(x.shape[:-1] for x in scores))
+            weights = (torch.cat([x.expand(*shape, x.shape[-1]) for x in scores], -1) * a**-0.5).softmax(-1)
+            o = r
+            for wk, v in zip(weights.split([n_user, hi.shape[-2]], -1), (vu, vi)):
+                o = o + (torch.einsum("...hfg,...hga->...hfa", wk, v) if ranking
+                         else sum(wk[..., g : g + 1] * v[..., g : g + 1, :] for g in range(v.shape[-2])))
+            total = total + (torch.relu(o) * w_side).sum((-1, -2, -3))  # o: [..., heads, F_side, a]
+        return total
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """[N, F, 4 x width] projections -> [N, F, width] = ReLU(attention over the F fields + residual)."""

@@ -87,12 +87,18 @@ class PretrainHeads(nn.Module):
 
 
 class S3Rec(SASRec):
-    """SASRec pre-trained by S3-Rec's four objectives (`pretrain_epochs` = 0: plain SASRec)."""
+    """SASRec pre-trained by S3-Rec's four objectives (`pretrain_epochs` = 0: plain SASRec). The
+    attributes are `attributes`, or the `features` group's item fields where it names some
+    (`features=ids_genre`, `features.item=[attribute]`)."""
 
-    def __init__(self, *, attributes: str | list[str] = "auto", pretrain_epochs: int = 50,
+    def __init__(self, *, features: dict | None = None, attributes: str | list[str] = "auto", pretrain_epochs: int = 50,
                  pretrain_lr: float = 0.001, pretrain_batch_size: int = 256, mask_prob: float = 0.2,
                  aap_weight: float = 0.2, mip_weight: float = 1.0, map_weight: float = 1.0, sp_weight: float = 0.5,
                  **params):
+        if features is not None and features.get("user"):
+            raise ConfigError("features.user", f"S3-Rec reads item attributes only, got user fields {features['user']}")
+        if features is not None and features.get("item"):
+            attributes = list(features["item"])
         attributes = attributes if isinstance(attributes, str) else list(attributes)
         super().__init__(attributes=attributes, pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr,
                          pretrain_batch_size=pretrain_batch_size, mask_prob=mask_prob, aap_weight=aap_weight,
