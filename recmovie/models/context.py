@@ -279,7 +279,7 @@ class AutoInt(FM):
 
     has_deep = True
 
-    def __init__(self, *, att_layers: int = 2, heads: int = 2, att_dim: int = 32, second_order: bool = False,
+    def __init__(self, *, att_layers: int = 1, heads: int = 2, att_dim: int = 32, second_order: bool = True,
                  **params):
         super().__init__(att_layers=att_layers, heads=heads, att_dim=att_dim, second_order=second_order, **params)
         for key, v in (("att_layers", att_layers), ("heads", heads), ("att_dim", att_dim)):
