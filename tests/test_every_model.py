@@ -21,6 +21,7 @@ MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 TINY = dict(n_users=120, n_items=80, n_interactions=3000, seed=5)
 # a couple of short epochs: this checks the contract, not quality (test_models and friends do that)
 SHORT = {"max_epochs": 2, "batch_size": 32}
+SHORT_PRETRAINING = {"pretrain_epochs": 2}  # S3-Rec: its pre-training shortened too
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_the_model_meets_the_contract(tiny, tmp_path, name):
     spec = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
     model = build_model(spec)
     if model.trained:
-        model = build_model({**spec, **SHORT})
+        model = build_model({**spec, **SHORT, **(SHORT_PRETRAINING if "pretrain_epochs" in spec else {})})
     torch.manual_seed(0)
     model.build(Schema.from_data(data))
     fitted = fit_model(model, data, cfg, Run()).model

@@ -1,4 +1,4 @@
-"""Feature sets of the context-aware models (FM, DeepFM, Wide&Deep): the `features` config group.
+"""Feature sets of the context-aware models (FM, DeepFM, Wide&Deep, AutoInt): the `features` config group.
 
 A feature set names the fields a model reads beside the user and item ids:
 

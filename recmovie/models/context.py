@@ -1,4 +1,4 @@
-"""Context-aware models on feature sets (recmovie/data/features.py): FM, DeepFM and Wide&Deep.
+"""Context-aware models on feature sets (recmovie/data/features.py): FM, DeepFM, Wide&Deep and AutoInt.
 
 Every model reads two sides: the user (id + user fields from the history) and the item (id +
 item fields from the side files), each field a bag embedded as the mean of its codes. A model's

@@ -91,7 +91,7 @@ class S3Rec(SASRec):
     attributes are `attributes`, or the `features` group's item fields where it names some
     (`features=ids_genre`, `features.item=[attribute]`)."""
 
-    def __init__(self, *, features: dict | None = None, attributes: str | list[str] = "auto", pretrain_epochs: int = 50,
+    def __init__(self, *, features: dict | None = None, attributes: str | list[str] = "auto", pretrain_epochs: int = 10,
                  pretrain_lr: float = 0.001, pretrain_batch_size: int = 256, mask_prob: float = 0.2,
                  aap_weight: float = 0.2, mip_weight: float = 1.0, map_weight: float = 1.0, sp_weight: float = 0.5,
                  **params):
