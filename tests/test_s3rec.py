@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from recmovie.config import CONF_DIR
 from recmovie.data.prepare import load_run_data
 from recmovie.data.readers import read_competition
 from recmovie.errors import ConfigError, DataError
@@ -118,3 +119,22 @@ def test_the_features_groups_item_fields_are_the_attributes(small_dir, tmp_path)
     cfg = make_config(tmp_path, ["data=competition", f"data.dir={small_dir}", "model=s3rec", "features.item=[director]"])
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), features=run_features(cfg))
     assert model.params.attributes == ["director"]
+
+
+def test_the_attribute_field_serves_the_features_group(tmp_path):
+    from recmovie.data.features import FeatureSet, item_field_codes, resolve_features
+
+    folder = folder_with(tmp_path, json.dumps({"10": [7], "20": [7, 8]}))
+    data_cfg = OmegaConf.create({"format": "competition", "dir": str(folder), "name": "competition"})
+    features = OmegaConf.to_container(OmegaConf.merge(
+        OmegaConf.load(CONF_DIR / "features" / "ids.yaml"), OmegaConf.load(CONF_DIR / "features" / "ids_attribute.yaml")))
+    features.pop("defaults")
+    assert resolve_features(features, data_cfg)["item"] == ["attribute"]
+    (folder / "Beauty_item2attributes.json").unlink()
+    with pytest.raises(DataError, match="attributes.tsv"):
+        resolve_features(features, data_cfg)
+    (folder / "attributes.tsv").write_text("item\tattribute\n10\tred\n30\tblue\n30\tred\n")
+    ds = read_competition(folder)
+    schema = Schema(n_users=ds.n_users, n_items=ds.n_items, side_vocab={"attribute": list(ds.side["attribute"].vocab)})
+    codes = item_field_codes(ds, FeatureSet(item=("attribute",)), schema)["attribute"]
+    assert codes.shape == (3, 2) and sorted(codes[2].tolist()) == [0, 1]  # item 30: blue and red
