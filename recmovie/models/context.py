@@ -11,6 +11,7 @@ one block's activations stay within `score_budget_mb` (never a [B x n_items, fie
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -148,11 +149,15 @@ class ContextRecommender(PairwiseRecommender):
         item = self.item_codes(torch.arange(self.n_items, device=self.bias.device))
         out = self.factors(user, "user")[0] @ self.factors(item, "item")[0].T  # [B, n_items]
         if self.has_deep:
-            hu, hi = self.hidden(user, "user"), self.hidden(item, "item")  # [B, H], [n_items, H]
-            block = self.item_block(len(hu))
-            for s in range(0, self.n_items, block):
-                out[:, s : s + block] += self.deep_scores(hu[:, None], hi[None, s : s + block])
+            self.add_deep_scores(out, self.hidden(user, "user"), self.hidden(item, "item"))
         return out
+
+    def add_deep_scores(self, out: torch.Tensor, hu: torch.Tensor, hi: torch.Tensor) -> None:
+        """out [B, n_items] += the deep part of every user x item, from the sides' shares hu [B, ...]
+        and hi [n_items, ...], in item blocks within score_budget_mb."""
+        block = self.item_block(len(hu))
+        for s in range(0, self.n_items, block):
+            out[:, s : s + block] += self.deep_scores(hu[:, None], hi[None, s : s + block])
 
     def deep_scores(self, hu: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """The deep part's scores of user shares hu [B, 1, ...] x item shares hi [B or 1, C, ...]: [B, C]."""
@@ -316,6 +321,20 @@ class AutoInt(FM):
         for layer in self.deeper:
             h = self.attend(layer(h))
         return self.out(h.flatten(-2)).reshape(lead)
+
+    def add_deep_scores(self, out: torch.Tensor, hu: torch.Tensor, hi: torch.Tensor) -> None:
+        if self.deeper or torch.is_grad_enabled() or out.device.type != "cpu":
+            return super().add_deep_scores(out, hu, hi)
+        # ranking on CPU: one fused kernel per (user, item) holds nothing per pair (recmovie/models/ops.py)
+        from recmovie.models.ops import attention_scores
+
+        heads, a = self.params.heads, self.params.att_dim
+
+        def layout(x: torch.Tensor) -> np.ndarray:  # [N, F, 4 x width] -> [N, 4, heads, F, a]
+            return x.unflatten(-1, (4, heads, a)).permute(0, 2, 3, 1, 4).contiguous().numpy()
+
+        w = self.out.weight.detach().view(-1, heads, a).transpose(0, 1).contiguous().numpy()
+        attention_scores(layout(hu.float()), layout(hi.float()), w, a**-0.5, out.numpy())
 
     def first_layer_scores(self, hu: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """deep_scores of a one-layer network without the [pairs, F, 4 x width] copy of both sides'
