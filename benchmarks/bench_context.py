@@ -8,7 +8,7 @@
            also re-ranked on a candidate set (EASE's top-50 of the same input) through score_items:
            predict.py run_id=<their run> candidates_from=<EASE's candidates.csv>.
   scale:   competition size (data=synthetic: 31,360 users x 6,807 items, 5.15M interactions, every
-           side file), features=all: each model trained for --steps steps (its ranking does not
+           side file), features=all (or --scale-features): each model trained for --steps steps (its ranking does not
            depend on how long it trained), then every user ranked; fit and ranking seconds, peak
            RSS of the whole run. The deep models are also re-ranked on EASE's top-50 there.
 
@@ -66,8 +66,8 @@ def quality(work: Path, bench: Path, models: list[str], feature_sets: list[str],
                   f"{again} |", flush=True)
 
 
-def scale(work: Path, models: list[str], steps: int) -> None:
-    print(f"\n## competition size (data=synthetic, features=all), {steps} training steps, split=none, "
+def scale(work: Path, models: list[str], steps: int, features: str = "all") -> None:
+    print(f"\n## competition size (data=synthetic, features={features}), {steps} training steps, split=none, "
           "every user ranked\n")
     data = ["data=synthetic"]
 
@@ -82,7 +82,7 @@ def scale(work: Path, models: list[str], steps: int) -> None:
     for m in models:
         name = f"scale-{m}"
         # split@validation=none: train the steps asked for, no probe before a refit
-        r = run_measured(args(name, f"model={m}", "features=all", "model.max_epochs=1", "split@validation=none",
+        r = run_measured(args(name, f"model={m}", f"features={features}", "model.max_epochs=1", "split@validation=none",
                               f"+trainer.limit_train_batches={steps}"), REPO, work / "logs" / f"{name}.log")
         t = timings(r["stdout"])
         again = ""
@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--features", default="ids,all")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--scale-features", default="all", help="the feature set of the --scale runs")
     ap.add_argument("--bench", type=Path, default=BENCH, help="benchmark folder: input/, hidden.csv, train.csv")
     ap.add_argument("--work", type=Path, default=Path("/tmp") / f"bench_context-{stamp()}")
     ap.add_argument("overrides", nargs="*", help="extra train.py overrides for every quality run (e.g. refit=false)")
@@ -110,7 +111,7 @@ def main() -> None:
     if a.quality or every:
         quality(a.work, a.bench.resolve(), models, [f for f in a.features.split(",") if f], a.overrides)
     if a.scale or every:
-        scale(a.work, models, a.steps)
+        scale(a.work, models, a.steps, a.scale_features)
 
 
 if __name__ == "__main__":

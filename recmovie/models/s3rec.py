@@ -173,6 +173,10 @@ class S3Rec(SASRec):
             elapsed = time.perf_counter() - start
             left = elapsed / (epoch + 1) * (p.pretrain_epochs - epoch - 1)
             aap, mip, map_, sp = (sums / len(loader)).tolist()
+            logger = self._trainer.logger if self._trainer is not None else None
+            if logger:  # curves beside the fine-tuning's, per pre-training epoch
+                logger.log_metrics({"pretrain_aap": aap, "pretrain_mip": mip, "pretrain_map": map_, "pretrain_sp": sp,
+                                    "pretrain_epoch_seconds": elapsed / (epoch + 1)}, step=epoch + 1)
             log.info("S3-Rec pre-training epoch %d/%d  aap %.4f  mip %.4f  map %.4f  sp %.4f  %.1f s  about %.0f min "
                      "left", epoch + 1, p.pretrain_epochs, aap, mip, map_, sp, elapsed / (epoch + 1), left / 60)
 
