@@ -39,7 +39,7 @@ def score_parts(submission: Path, bench: Path) -> dict[str, float]:
 
 
 def quality(work: Path, bench: Path, models: list[str], overrides: list[str]) -> None:
-    print(f"\n## ml-100k benchmark ({bench}), default configs, split=none (refit=auto)\n")
+    print(f"\n## {bench.name} benchmark ({bench}), default configs {' '.join(overrides)}, split=none\n")
     print("| model | Recall@10 all (± se) | last | random | validation Recall@10 | best epoch / epochs run "
           "| fit s (probe + refit) |")
     print("|---|---|---|---|---|---|---|")
@@ -54,8 +54,9 @@ def quality(work: Path, bench: Path, models: list[str], overrides: list[str]) ->
         print(f"| {spec} | {parts['all']:.4f} (± {parts['se']:.4f}) | {parts['last']:.4f} | {parts['random']:.4f} | "
               f"{v['val']:.4f} | {v['best_epoch']} / {v['epochs']} | {t.get('fit_seconds', float('nan')):.1f} |",
               flush=True)
-    print(f"\nreference on the same split: EASE {REFERENCE['ease']['all']} overall, {REFERENCE['ease']['last']} "
-          f"on the last part; popularity {REFERENCE['popularity']['all']} overall")
+    if bench.name == "ml-100k":
+        print(f"\nreference on the same split: EASE {REFERENCE['ease']['all']} overall, {REFERENCE['ease']['last']} "
+              f"on the last part; popularity {REFERENCE['popularity']['all']} overall")
 
 
 def main() -> None:
