@@ -77,12 +77,17 @@ def item_attributes(data, fields: list[str], schema) -> torch.Tensor:
 
 
 class PretrainHeads(nn.Module):
-    """The attribute embeddings and the four objectives' linear maps (pre-training only)."""
+    """The attribute embeddings and the four objectives' linear maps (pre-training only). The
+    attribute logits have a bias, started at each attribute's log-odds among the items: without it
+    (the authors' code) the products must first learn the base rates, which 10 epochs on ml-100k
+    or Amazon Beauty do not reach (benchmarks/RESULTS.md#s3rec)."""
 
-    def __init__(self, dim: int, n_attributes: int):
+    def __init__(self, dim: int, attrs: torch.Tensor):
         super().__init__()
-        self.attribute = nn.Embedding(n_attributes, dim)
+        self.attribute = nn.Embedding(attrs.shape[1], dim)
         nn.init.normal_(self.attribute.weight, std=0.02)
+        rate = attrs.mean(0).clamp(1e-4, 1 - 1e-4)
+        self.attribute_bias = nn.Parameter((rate / (1 - rate)).log())
         self.aap, self.mip, self.map, self.sp = (nn.Linear(dim, dim) for _ in range(4))
 
 
@@ -152,7 +157,7 @@ class S3Rec(SASRec):
     def run_pretraining(self, data, attrs: torch.Tensor, fields: list[str]) -> None:
         p = self.params
         device = self.item_emb.weight.device
-        heads = PretrainHeads(p.dim, attrs.shape[1]).to(device)
+        heads = PretrainHeads(p.dim, attrs).to(device)
         opt = adam([*self.net.parameters(), *heads.parameters()], p.pretrain_lr, p.weight_decay, decoupled=True)
         loader = sequences(data, p.pretrain_batch_size, seed=torch.initial_seed() % 2**32, max_len=p.max_len,
                            min_length=2)
@@ -192,7 +197,7 @@ class S3Rec(SASRec):
         table = heads.attribute.weight
 
         def attribute_loss(head: nn.Linear, where: torch.Tensor) -> torch.Tensor:
-            logits = head(h[where]) @ table.T
+            logits = head(h[where]) @ table.T + heads.attribute_bias
             bce = F.binary_cross_entropy_with_logits(logits, attrs[items[where]], reduction="none")
             return bce.sum(-1).sum() / where.sum().clamp_min(1)
 
