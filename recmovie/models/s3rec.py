@@ -11,7 +11,8 @@ Pre-training runs before the fine-tuning epochs, when the model is set up to fit
   that segment (encoded alone) from a segment of another sequence of the same length.
 
 As in the authors' code (the competition's baseline), AAP and MAP score attribute embeddings
-against linear maps of the positions' hidden states (multi-label, binary cross-entropy), MIP and SP
+against linear maps of the positions' hidden states (multi-label, binary cross-entropy; here plus a
+per-attribute bias, see PretrainHeads), MIP and SP
 are pairwise (-log sigmoid(pos - neg)), and the four are weighted 0.2 / 1 / 1 / 0.5. The attribute
 table and the four heads exist only while pre-training: the fitted model (and its checkpoint) is a
 SASRec, so predict.py needs no attributes. The pre-trained weights are cached beside the prepared
