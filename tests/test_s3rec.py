@@ -101,7 +101,7 @@ def test_pretraining_lowers_its_losses_and_is_cached(small_dir, tmp_path, caplog
     attrs = item_attributes(data, ["genre"], schema)
     heads = PretrainHeads(8, attrs)
     assert torch.allclose(torch.sigmoid(heads.attribute_bias), attrs.mean(0).clamp(1e-4, 1 - 1e-4), atol=1e-6)
-    assert list((tmp_path / "cache").glob("s3rec-*.pt"))
+    assert list((tmp_path / "cache").glob("s3rec-*.npz"))
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="recmovie.models.s3rec"):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 import time
 
 import numpy as np
@@ -31,11 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recmovie.data.cache import cache_key
+from recmovie.data.cache import cache_key, load_arrays, save_arrays
 from recmovie.data.features import ITEM_FIELDS, FeatureSet, field_size, item_field_codes
 from recmovie.data.views import sequences
 from recmovie.errors import ConfigError
-from recmovie.io import atomic_path
 from recmovie.models.base import check
 from recmovie.models.lightning import adam
 from recmovie.models.sequential import SASRec
@@ -133,27 +131,22 @@ class S3Rec(SASRec):
         fields = attribute_fields(p.attributes, set(data.dataset.side))
         attrs = item_attributes(data, fields, self.schema).to(self.item_emb.weight.device)
         cache_dir = data.info.get("cache_dir")
-        path = None
+        name = None
         if cache_dir is not None:
             m = data.train_matrix
             digest = hashlib.blake2b(digest_size=16)
             for a in (m.indptr, m.indices, attrs.cpu().numpy()):
                 digest.update(np.ascontiguousarray(a).tobytes())
-            key = cache_key("s3rec", digest.hexdigest(), fields, {k: p[k] for k in PRETRAIN_KEYS}, torch.initial_seed())
-            path = f"{cache_dir}/s3rec-{key}.pt"
-            try:
-                self.net.load_state_dict(torch.load(path, map_location=self.item_emb.weight.device, weights_only=True))
-                log.info("S3-Rec: pre-trained encoder loaded from the cache (%s)", path)
+            name = "s3rec-" + cache_key(digest.hexdigest(), fields, {k: p[k] for k in PRETRAIN_KEYS}, torch.initial_seed())
+            # the prepared data's cache (recmovie/data/cache.py): atomic writes, unreadable entries rebuilt
+            cached = load_arrays(cache_dir, name, tuple(self.net.state_dict()))
+            if cached is not None:
+                self.net.load_state_dict({k: torch.from_numpy(v) for k, v in cached.items()})
+                log.info("S3-Rec: pre-trained encoder loaded from the cache (%s/%s.npz)", cache_dir, name)
                 return
-            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-                pass  # absent, unreadable or another shape: pre-train
         self.run_pretraining(data, attrs, fields)
-        if path is not None:
-            try:
-                with atomic_path(path) as tmp:
-                    torch.save(self.net.state_dict(), tmp)
-            except OSError as e:
-                log.warning("cannot write the cache entry %s (%s); going on without it", path, e)
+        if name is not None:
+            save_arrays(cache_dir, name, {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()})
 
     def run_pretraining(self, data, attrs: torch.Tensor, fields: list[str]) -> None:
         p = self.params
