@@ -30,7 +30,7 @@ from recmovie.evaluation.ranking import ReleaseYearFilter, TopK, rank, release_y
 from recmovie.models.base import Recommender, build_model, load_checkpoint, plain, save_checkpoint
 from recmovie.runs import get_run, run_file
 from recmovie.schema import Schema
-from recmovie.selection import Fitted, checkpoint_dir, fit_mode, fit_model, tune_grid, tune_model
+from recmovie.selection import Fitted, available_memory, checkpoint_dir, fit_mode, fit_model, tune_grid, tune_model
 from recmovie.submission import check_recommendable, write_submission
 from recmovie.provenance import process_gone
 from recmovie.tracking import flatten, resolve_tracking_uri, run_name, start_run
@@ -105,6 +105,7 @@ class Job:
     tags: dict[str, str]
     log_file: str | None = None
     resumed: bool = False
+    prefitted: bool = False  # the model is fitted on the fit part already (tune's chosen point)
     resolved: dict = field(default_factory=dict)  # the config as logged (tuned values filled in)
 
     def build(self, values: dict | None = None) -> Recommender:
@@ -158,17 +159,6 @@ def open_data(job: Job, run) -> tuple[PreparedData, ReleaseYearFilter | None]:
     return data, item_filter
 
 
-def available_memory() -> int | None:
-    """Bytes the kernel reports as available (Linux's MemAvailable); None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def check_memory(model: Recommender, data: PreparedData) -> None:
     """Say it before the work: a model whose matrices cannot fit in the memory left stops here, in
     one line, with the figure and what helps; one that takes more than half of it is warned about."""
@@ -188,8 +178,9 @@ def tune(job: Job, data: PreparedData, run) -> None:
     """Search the `tune` grid on the validation part; the chosen values become the job's model."""
     if job.grid and len(data.validation):
         extendable = list(job.cfg.model.get("tune_extend") or [])
-        chosen = tune_model(job.cfg, job.grid, data, run, job.build, extendable)
-        job.model = job.build(chosen)
+        # a `validate` fit is on the fit part, as the tune's were: its chosen model is kept, not refitted
+        chosen, kept = tune_model(job.cfg, job.grid, data, run, job.build, extendable, keep=job.mode == "validate")
+        job.model, job.prefitted = kept or job.build(chosen), kept is not None
         job.resolved["model"].update(chosen)
     elif job.grid:
         log.warning("tune: no validation part (validation=none): the YAML's values are used")
@@ -238,9 +229,12 @@ def train(cfg: DictConfig) -> float | None:
             check_memory(job.model, data)
             tune(job, data, run)
             torch.manual_seed(int(cfg.seed))  # initial weights of gradient models
-            job.model.build(Schema.from_data(data))
+            if job.prefitted:
+                job.model.schema = Schema.from_data(data)  # what a fit here would have been built with
+            else:
+                job.model.build(Schema.from_data(data))
             t0 = time.perf_counter()
-            fitted = fit_model(job.model, data, cfg, run)
+            fitted = fit_model(job.model, data, cfg, run, prefitted=job.prefitted)
             fit_seconds = time.perf_counter() - t0
             if not rank_zero:  # another DDP process: it has trained its share; rank zero writes
                 return None

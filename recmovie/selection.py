@@ -28,6 +28,17 @@ from recmovie.tracking import resolve_tracking_uri
 log = logging.getLogger(__name__)
 
 
+def available_memory() -> int | None:
+    """Bytes the kernel reports as available (Linux's MemAvailable); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def fit_mode(cfg: DictConfig, model: Recommender) -> str:
     """`validate`: fit on the fit part, select on validation, keep that model; `refit`: then fit a
     fresh copy on the whole training part (for the epoch count found); `everything`: fit once on the
@@ -57,11 +68,13 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
 
 
 def fit_once(model: Recommender, train: PreparedData, val: PreparedData | None, cfg: DictConfig, run,
-             max_epochs: int | None = None, prefix: str = "") -> dict:
+             max_epochs: int | None = None, prefix: str = "", prefitted: bool = False) -> dict:
     """One fit of `model` on `train` (closed form, or Lightning selecting on `val`); the training
-    curves go to the run, prefixed for a refit."""
+    curves go to the run, prefixed for a refit. `prefitted`: a closed-form model fitted on `train`
+    already, whose curves only are logged."""
     if not model.trained:
-        model.fit(train)
+        if not prefitted:
+            model.fit(train)
         for step, metrics in model.fit_log:
             run.log_metrics({(f"{prefix}-{k}" if prefix else k): v for k, v in metrics.items()}, step=step)
         return {}
@@ -85,8 +98,9 @@ def validation_ranking(model: Recommender, fit_data: PreparedData, cfg: DictConf
     return top, evaluate(top.items, top.users, fit_data.holdout, fit_data.n_users, k)[f"recall_at_{k}"]
 
 
-def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> Fitted:
-    """Fit as `fit_mode` says; rank the validation users with the selected model."""
+def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run, prefitted: bool = False) -> Fitted:
+    """Fit as `fit_mode` says; rank the validation users with the selected model. `prefitted`: a
+    closed-form model fitted on the fit part already, which a `validate` fit keeps as it is."""
     mode = fit_mode(cfg, model)
     if mode == "everything":
         return Fitted(model, info=fit_once(model, data, None, cfg, run))
@@ -96,7 +110,7 @@ def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run) -> F
                  int(cfg.trainer.get("max_epochs") or model.params.max_epochs),
                  "; then train a fresh copy on the whole training part for the best epoch count" if mode == "refit" else "")
     fresh = copy.deepcopy(model) if mode == "refit" else None  # same initial weights as the probe
-    info = fit_once(model, fit_data, fit_data, cfg, run)
+    info = fit_once(model, fit_data, fit_data, cfg, run, prefitted=prefitted and mode == "validate")
     val_topk, _ = validation_ranking(model, fit_data, cfg, int(cfg.candidates.n))
     k = int(cfg.eval.k)
     val_metrics = {f"val_{key}": v for key, v in evaluate(val_topk.items, val_topk.users, fit_data.holdout,
@@ -146,23 +160,32 @@ def outward_point(grid: dict[str, list], best: dict, extendable: list[str], trie
 
 
 def tune_model(cfg: DictConfig, grid: dict[str, list], data: PreparedData, run, build,
-               extendable: list[str] = ()) -> dict:
+               extendable: list[str] = (), keep: bool = False) -> tuple[dict, Recommender | None]:
     """Every combination of `grid` fitted on the fit part and scored on the validation part; while
     the best lies on the grid's edge for an `extendable` key, one more point outward (at most
-    `tune_extra_points`). Returns the first best (grid order). `build(values)` makes the model."""
+    `tune_extra_points`). Returns the first best (grid order) and, with `keep`, its fitted model
+    where memory allows holding it beside the next point's (else None). `build(values)` makes the
+    model."""
     fit_data = data.fit_part()
     k = int(cfg.eval.k)
-    rows, tried = [], []
+    rows, tried, shared, kept = [], [], [], [None]
     t_start = time.perf_counter()
 
     def score(chosen: dict) -> None:
         model = build(chosen)
         model.build(Schema.from_data(fit_data))
         t0 = time.perf_counter()
-        model.fit(fit_data)
+        if not shared:  # the work every point shares (EASE: the Gram matrix), once
+            shared.append(model.shared_work(fit_data, set(grid)))
+        model.fit(fit_data, **shared[0])
         _, recall = validation_ranking(model, fit_data, cfg, k)
         rows.append({**chosen, f"val_recall_at_{k}": recall, "seconds": round(time.perf_counter() - t0, 2)})
         tried.append(chosen)
+        previous = [r[f"val_recall_at_{k}"] for r in rows[:-1]]
+        if keep and (not previous or recall > max(previous)):  # the first best, as `best` below
+            # held while the next points fit: only where the memory left holds another of it
+            need, free = model.memory_needed(model.schema), available_memory()
+            kept[0] = model if need is None or free is None or 2 * need[0] < free else None
         log.info("tune: %s -> val_recall_at_%d %.4f", " ".join(f"{a}={b}" for a, b in chosen.items()), k, recall)
 
     grid = {key: list(values) for key, values in grid.items()}
@@ -177,8 +200,10 @@ def tune_model(cfg: DictConfig, grid: dict[str, list], data: PreparedData, run, 
         score(point)
         best = max(rows, key=lambda r: r[f"val_recall_at_{k}"])
     chosen = {key: best[key] for key in grid}
+    shared.clear()
     run.log_metrics({"tune_seconds": time.perf_counter() - t_start})
-    log.info("tune: chose %s (val_recall_at_%d %.4f of %d tried)", chosen, k, best[f"val_recall_at_{k}"], len(rows))
+    log.info("tune: chose %s (val_recall_at_%d %.4f of %d tried) in %.1f s", chosen, k, best[f"val_recall_at_{k}"],
+             len(rows), time.perf_counter() - t_start)
     run.log_text(pd.DataFrame(rows).to_csv(index=False), "tune.csv")
     run.set_tags({"tuned": " ".join(f"{a}={b}" for a, b in chosen.items())})
-    return chosen
+    return chosen, kept[0]

@@ -1,9 +1,17 @@
 """Selection: `tune`'s grid and its extension past the edges, end to end and by hand."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
 
+from recmovie.data.prepare import prepare_data
+from recmovie.models.linear import EASE, EDLAE, HybridEASE
+from recmovie import selection
 from recmovie.pipeline import train
 from recmovie.selection import outward_point
 
@@ -30,3 +38,66 @@ def test_tune_extends_a_grid_whose_best_lies_on_its_edge(small_config):
     assert list(table.k[:3]) == [1, 2, 4] and len(table) in (3, 4)
     best = table.loc[table.val_recall_at_10.idxmax()]
     assert run.data.tags["tuned"] == f"k={int(best.k)}" and run.data.metrics["tune_seconds"] > 0
+
+
+@pytest.fixture(scope="module")
+def data(small_dir):
+    cfg = OmegaConf.create({"data": {"format": "competition", "dir": str(small_dir)},
+                            "split": {"name": "competition", "n_last": 2, "n_random": 8, "seed": 1},
+                            "confidence": {"kinds": []}})
+    return prepare_data(cfg.data, cfg.split, cfg.confidence, cache_dir=None)
+
+
+@pytest.mark.parametrize("make, varying", [
+    (lambda: EASE(l2=40.0), {"l2"}),
+    (lambda: EDLAE(l2=40.0, dropout=0.3), {"l2", "dropout"}),
+    (lambda: HybridEASE(l2=40.0, user_l2=20.0, alpha=0.3), {"alpha"}),  # both sides shared whole
+    (lambda: HybridEASE(l2=40.0, user_l2=20.0, alpha=0.3), {"alpha", "l2"}),  # the Gram only
+], ids=["ease", "edlae", "hybrid-alpha", "hybrid-l2"])
+def test_a_fit_from_the_grids_shared_work_equals_a_fit_from_scratch(data, make, varying):
+    alone, shared = make(), make()
+    alone.fit(data)
+    work = shared.shared_work(data, varying)
+    assert work  # something is shared: this test would pass vacuously otherwise
+    shared.fit(data, **work)
+    shared.fit(data, **work)  # the shared work is left as it was for the next point
+    assert torch.allclose(alone.B, shared.B, atol=1e-6)
+    if isinstance(alone, HybridEASE):
+        assert torch.allclose(alone.user_scores, shared.user_scores, atol=1e-6)
+
+
+def test_tune_computes_the_shared_work_once(small_config, monkeypatch):
+    calls = []
+    original = EASE.shared_work
+
+    def counted(self, data, varying):
+        calls.append(set(varying))
+        return original(self, data, varying)
+
+    monkeypatch.setattr(EASE, "shared_work", counted)
+    cfg = small_config(["model=ease", "tune=true", "model.tune.l2=[10.0,100.0,1000.0]", "tune_extra_points=1"])
+    train(cfg)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="tune.csv"))
+    assert len(table) >= 3 and calls == [{"l2"}]
+
+
+def test_a_validate_run_keeps_the_tunes_chosen_model_instead_of_fitting_it_again(small_config, monkeypatch):
+    fits = []
+    original = EASE.fit
+
+    def counted(self, data, **shared):
+        fits.append(self.params.l2)
+        return original(self, data, **shared)
+
+    monkeypatch.setattr(EASE, "fit", counted)
+    overrides = ["model=ease", "tune=true", "model.tune.l2=[10.0,100.0]", "tune_extra_points=0"]
+    cfg = small_config(overrides)  # split=competition: the model is fitted on the fit part (`validate`)
+    kept_score = train(cfg)
+    kept_submission = (Path(cfg.paths.output_dir) / "submission.csv").read_text()
+    assert len(fits) == 2  # the grid's two points, and no third fit for the chosen one
+    fits.clear()
+    monkeypatch.setattr(selection, "available_memory", lambda: 1)  # nothing may be held: fitted again
+    assert train(small_config(overrides)) == kept_score and len(fits) == 3
+    assert (Path(cfg.paths.output_dir) / "submission.csv").read_text() == kept_submission

@@ -70,6 +70,12 @@ class Recommender(torch.nn.Module):
         """Closed-form fit; gradient models are fitted by recmovie.training instead."""
         raise NotImplementedError(f"{type(self).__name__} is trained by Lightning, not in closed form")
 
+    def shared_work(self, data: PreparedData, varying: set[str]) -> dict:
+        """Keyword arguments of `fit` that are the same for every point of a `tune` grid on `data`
+        whose points differ in the hyper-parameters `varying` (EASE: the Gram matrix), computed
+        once by the tune; {}: nothing to share."""
+        return {}
+
     def score(self, batch: UserBatch) -> torch.Tensor:
         """[len(batch), n_items] scores, higher is better; training items are masked by the caller."""
         raise NotImplementedError

@@ -46,8 +46,10 @@ class ItemItemModel(Recommender):
         super()._load_from_state_dict(*args, **kwargs)
 
 
-def regularised_inverse(x, reg: float | np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def regularised_inverse(x, reg: float | np.ndarray, dtype: torch.dtype = torch.float32,
+                        item_gram: np.ndarray | None = None) -> torch.Tensor:
     """P = (X^T X + diag(reg))^-1 for a sparse users x items matrix X; `reg` > 0, scalar or per item.
+    `item_gram`: X^T X computed before (`shared_gram`), copied, not overwritten.
 
     With fewer users than items it goes through the users x users system (Woodbury), with
     D = diag(reg) and Xs = X D^-1/2:  P = D^-1/2 (I - Xs^T (I + Xs Xs^T)^-1 Xs) D^-1/2.
@@ -63,7 +65,10 @@ def regularised_inverse(x, reg: float | np.ndarray, dtype: torch.dtype = torch.f
         del xs, k
         p.diagonal().add_(1.0)
         return p.mul_(scale[:, None]).mul_(scale[None, :])
-    g = torch.from_numpy(gram(x)).to(dtype)  # float32: the Gram itself; float64: a copy, the float32 one freed
+    if item_gram is not None:
+        g = torch.from_numpy(item_gram).to(dtype, copy=True)
+    else:
+        g = torch.from_numpy(gram(x)).to(dtype)  # float32: the Gram itself; float64: a copy, the float32 one freed
     g.diagonal().add_(reg)
     return inverse_in_place(g)
 
@@ -149,6 +154,15 @@ class RidgeInverse:
         return b
 
 
+def shared_gram(data: PreparedData) -> dict:
+    """`fit`'s shared work for a `tune` grid of the models that invert X^T X + a ridge: the Gram
+    matrix, computed once for every point instead of once per point (a third of a point's fit at
+    the competition's size). It is one more items x items matrix during the tune, which the memory
+    check before the fit already counts (`ItemItemModel.matrices`: the Gram and B, held apart)."""
+    x = data.train_matrix
+    return {"item_gram": gram(x)} if x.shape[0] >= x.shape[1] else {}  # fewer users: Woodbury, no Gram
+
+
 def item_sq_norms(x) -> np.ndarray:
     """diag(X^T X) of a sparse users x items matrix."""
     return np.bincount(x.indices, weights=np.asarray(x.data, np.float64) ** 2, minlength=x.shape[1])
@@ -162,8 +176,11 @@ class EASE(ItemItemModel):
         check(l2 > 0, "l2", f"must be > 0, got {l2}")
         check(dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
 
-    def fit(self, data: PreparedData) -> None:
-        p = regularised_inverse(data.train_matrix, float(self.params.l2), DTYPES[self.params.dtype])
+    def shared_work(self, data: PreparedData, varying: set[str]) -> dict:
+        return shared_gram(data)
+
+    def fit(self, data: PreparedData, item_gram: np.ndarray | None = None) -> None:
+        p = regularised_inverse(data.train_matrix, float(self.params.l2), DTYPES[self.params.dtype], item_gram)
         b = p.div_(-p.diagonal().clone())  # in place: B_ij = -P_ij / P_jj, the inverse's own memory
         b.diagonal().zero_()
         self.set_matrix(b)
@@ -192,11 +209,14 @@ class EDLAE(ItemItemModel):
         check(0 <= xi < 1, "xi", f"must be in [0, 1), got {xi}")
         check(dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
 
-    def fit(self, data: PreparedData) -> None:
+    def shared_work(self, data: PreparedData, varying: set[str]) -> dict:
+        return shared_gram(data)
+
+    def fit(self, data: PreparedData, item_gram: np.ndarray | None = None) -> None:
         p = self.params
         x = data.train_matrix
         lam = p.l2 + p.dropout / (1.0 - p.dropout) * item_sq_norms(x)
-        inv = regularised_inverse(x, lam, DTYPES[p.dtype])
+        inv = regularised_inverse(x, lam, DTYPES[p.dtype], item_gram)
         lam = torch.as_tensor(lam).to(DTYPES[p.dtype])
         mu = ((1.0 - p.xi) / inv.diagonal() - lam).clamp_(min=0)
         b = inv.mul_(-(lam + mu)[None, :])
@@ -296,14 +316,29 @@ class HybridEASE(ItemItemModel):
         check(dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
         self.register_buffer("user_scores", torch.zeros(0, 0))
 
-    def fit(self, data: PreparedData) -> None:
+    def shared_work(self, data: PreparedData, varying: set[str]) -> dict:
+        # alpha only weighs the two sides: a grid over it alone shares both whole
+        return {"sides": self.sides(data)} if varying <= {"alpha"} else shared_gram(data)
+
+    def fit(self, data: PreparedData, item_gram: np.ndarray | None = None,
+            sides: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        alpha = self.params.alpha
+        if sides is None:  # in place: no second copy of either side
+            b, user_scores = self.sides(data, item_gram)
+            self.set_matrix(b.mul_(alpha))
+            self.user_scores = user_scores.mul_(1.0 - alpha)
+        else:
+            self.set_matrix(sides[0] * alpha)
+            self.user_scores = sides[1] * (1.0 - alpha)
+
+    def sides(self, data: PreparedData, item_gram: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The item-item weights B and the user-user scores C X, before alpha weighs them."""
         p, dtype = self.params, DTYPES[self.params.dtype]
         x = data.train_matrix
-        inv = regularised_inverse(x, float(p.l2), dtype)
+        inv = regularised_inverse(x, float(p.l2), dtype, item_gram)
         b = inv / (-inv.diagonal())
         b.diagonal().zero_()
         del inv
-        self.set_matrix(b.mul_(p.alpha))
         q = regularised_inverse(x.T.tocsr(), float(p.user_l2), dtype)
         c = q / (-q.diagonal())
         c.diagonal().zero_()
@@ -312,7 +347,7 @@ class HybridEASE(ItemItemModel):
         xt = torch.sparse_csr_tensor(*(torch.from_numpy(a) for a in (x.T.tocsr().indptr.astype(np.int64),
                                        x.T.tocsr().indices.astype(np.int64), x.T.tocsr().data.astype(np.float32))),
                                      size=(x.shape[1], x.shape[0]))
-        self.user_scores = (xt @ c.T.to(torch.float32)).T.contiguous().mul_(1.0 - p.alpha)
+        return b.to(torch.float32), (xt @ c.T.to(torch.float32)).T.contiguous()
 
     def score(self, batch: UserBatch) -> torch.Tensor:
         return super().score(batch) + self.user_scores[batch.users.to(self.user_scores.device)]
