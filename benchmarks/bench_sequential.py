@@ -11,6 +11,14 @@
 
 A model may carry its own overrides, quoted: --models "sasrec,s3rec,s3rec model.pretrain_epochs=0"
 (its run is named after them: s3rec-pretrain_epochs=0).
+
+  peer:    --peer PYTHON (an interpreter with RecTools installed, in an environment of its own):
+           SASRec and BERT4Rec seconds per training epoch against RecTools' SASRecModel and
+           BERT4RecModel on the same competition-size synthetic data and sizes (64-d, 2 blocks, 2
+           heads, max length 50, full softmax, batch 128; no validation part on either side),
+           alternated round by round; medians.
+
+    python benchmarks/bench_sequential.py --peer /path/to/rectools-venv/bin/python [--rounds 2] [--epochs 1]
 """
 from __future__ import annotations
 
@@ -59,14 +67,82 @@ def quality(work: Path, bench: Path, models: list[str], overrides: list[str]) ->
               f"on the last part; popularity {REFERENCE['popularity']['all']} overall")
 
 
+# RecTools' own fit, in its interpreter: argv = train_ratings.csv, model, epochs, batch size. Every
+# size set as ours (conf/model/*.yaml, with max_len 50 and batch 128), item ids only (no feature
+# item net); a Lightning callback prints each training epoch's seconds.
+_RECTOOLS_RUN = """
+import sys, time
+import pandas as pd
+from pytorch_lightning import Callback, Trainer
+from rectools import Columns
+from rectools.dataset import Dataset
+from rectools.models import BERT4RecModel, SASRecModel
+from rectools.models.nn.item_net import IdEmbeddingsItemNet
+path, name, epochs, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+df = pd.read_csv(path).rename(columns={"user": Columns.User, "item": Columns.Item, "time": Columns.Datetime})
+df[Columns.Datetime] = pd.to_datetime(df[Columns.Datetime], unit="s")
+df[Columns.Weight] = 1.0
+class EpochTimer(Callback):
+    def on_train_epoch_start(self, trainer, module):
+        self.t0 = time.perf_counter()
+    def on_train_epoch_end(self, trainer, module):
+        print(f"epoch_seconds {time.perf_counter() - self.t0:.3f}", flush=True)
+def trainer():
+    return Trainer(max_epochs=epochs, min_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                   enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                   callbacks=[EpochTimer()])
+sizes = dict(n_blocks=2, n_heads=2, n_factors=64, session_max_len=50, loss="softmax", batch_size=batch,
+             epochs=epochs, item_net_block_types=(IdEmbeddingsItemNet,), get_trainer_func=trainer)
+model = (SASRecModel(dropout_rate=0.5, **sizes) if name == "sasrec"
+         else BERT4RecModel(dropout_rate=0.2, mask_prob=0.2, **sizes))
+model.fit(Dataset.construct(df))
+"""
+
+
+def peer(work: Path, python: str, rounds: int, epochs: int) -> None:
+    """Ours against RecTools on the same competition-size synthetic data, alternated."""
+    from statistics import median
+
+    from bench_autoencoders import run_curves
+    from bench_foundation import synthetic_folder
+
+    folder = synthetic_folder(work)
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        for m in ("sasrec", "bert4rec"):
+            args = train_args(work, f"{m}-peer-{r}", folder, "split=none", "split@validation=none", "tune=false",
+                              f"model={m}", "model.max_len=50", "model.batch_size=128", f"model.max_epochs={epochs}")
+            out = run_measured(args, REPO, work / "logs" / f"{m}-peer-{r}.log")
+            times.setdefault((m, "ours"), []).extend(run_curves(work, out["stdout"])["epoch_seconds"])
+            p = subprocess.run([python, "-c", _RECTOOLS_RUN, str(folder / "train_ratings.csv"), m, str(epochs), "128"],
+                               cwd=work, capture_output=True, text=True)
+            (work / "logs" / f"{m}-rectools-{r}.log").write_text(p.stdout + p.stderr)
+            secs = [float(x) for x in re.findall(r"epoch_seconds ([0-9.]+)", p.stdout)]
+            if p.returncode != 0 or not secs:
+                raise RuntimeError(f"RecTools {m} failed, see {work / 'logs' / f'{m}-rectools-{r}.log'}")
+            times.setdefault((m, "rectools"), []).extend(secs)
+            print(f"round {r + 1}: {m} ours {times[(m, 'ours')][-epochs:]} s, RecTools {secs} s", flush=True)
+    print(f"\n## competition size (synthetic), seconds per training epoch, {rounds} alternating rounds of {epochs}\n")
+    print("| model | ours (median) | RecTools (median) | ours / RecTools |\n|---|---|---|---|")
+    for m in ("sasrec", "bert4rec"):
+        a, b = median(times[(m, "ours")]), median(times[(m, "rectools")])
+        print(f"| {m} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--bench", type=Path, default=BENCH)
     ap.add_argument("--work", type=Path, default=Path("/tmp/recmovie-bench-seq"))
+    ap.add_argument("--peer", default=None, help="python interpreter with RecTools installed: epoch times side by side")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per run with --peer")
     ap.add_argument("overrides", nargs="*", help="extra train.py overrides for every model (e.g. trainer=gpu)")
     a = ap.parse_args()
-    quality(a.work, a.bench, a.models.split(","), a.overrides)
+    if a.peer:
+        peer(a.work, a.peer, a.rounds, a.epochs)
+    else:
+        quality(a.work, a.bench, a.models.split(","), a.overrides)
 
 
 if __name__ == "__main__":
