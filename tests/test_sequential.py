@@ -83,19 +83,27 @@ def test_the_view_shards_each_epoch_and_refuses_data_without_sequences():
 
 
 # ------------------------------------------------------------------ losses
-def test_chunked_cross_entropy_matches_the_plain_one_values_and_gradients():
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize("rows", [5, 37])  # chunks of 5 rows (the last one short), or one chunk
+def test_chunked_cross_entropy_matches_the_plain_one_values_and_gradients(weighted, rows):
     torch.manual_seed(0)
     h = torch.randn(37, 8, requires_grad=True)
-    table = torch.randn(11, 8, requires_grad=True)
+    emb = torch.nn.Embedding(12, 8)  # the table is a slice of the item embeddings (tied), as in SASRec
+    table = emb.weight[:11]
     targets = torch.randint(0, 11, (37,))
-    w = torch.rand(37)
-    plain = (torch.nn.functional.cross_entropy(h @ table.T, targets, reduction="none") * w).mean()
-    g_plain = torch.autograd.grad(plain, (h, table))
-    chunked = full_softmax_ce(h, table, targets, w, chunk_elements=11 * 5)  # chunks of 5 rows
-    g_chunked = torch.autograd.grad(chunked, (h, table))
+    w = torch.rand(37) if weighted else None
+    per = torch.nn.functional.cross_entropy(h @ table.T, targets, reduction="none")
+    plain = 3.0 * ((per * w).mean() if weighted else per.mean())  # 3x: the upstream gradient is used
+    g_plain = torch.autograd.grad(plain, (h, emb.weight))
+    chunked = 3.0 * full_softmax_ce(h, table, targets, w, chunk_elements=11 * rows)
+    g_chunked = torch.autograd.grad(chunked, (h, emb.weight))
     assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
     for a, b in zip(g_plain, g_chunked):
         assert torch.allclose(a, b, atol=1e-6)
+    with torch.no_grad():  # validation: the value only
+        assert full_softmax_ce(h, table, targets, w).item() == pytest.approx(plain.item() / 3, rel=1e-6)
+    empty = full_softmax_ce(h[:0], table, targets[:0])
+    assert empty.item() == 0.0 and empty.requires_grad
 
 
 def test_gbce_calibration_and_sampled_bce_by_hand():

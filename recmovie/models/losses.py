@@ -14,7 +14,7 @@ Pairwise losses (BPR-MF and friends) take positive scores [B], negative scores [
 Sequence losses (SASRec, GRU4Rec, BERT4Rec) take hidden states h [N, d] at the N target
 positions, the output table E [n_items, d] (tied to the item embeddings) and the targets [N]:
   ce:   full softmax cross-entropy over every item, -log softmax(h E^T)_target, computed in chunks
-        of positions (each chunk's logits recomputed in the backward pass, so at most one chunk of
+        of positions with each chunk's gradients in the same pass (at most one chunk of
         [rows, n_items] logits is alive: memory stays flat at any catalogue size)
   gbce: gSASRec's generalised BCE (Petrov & Macdonald 2023) over `negatives` items drawn uniformly
         (shared by the batch's positions, a negative equal to a position's target left out of its
@@ -100,19 +100,48 @@ def _weighted_mean(per: torch.Tensor, weights: torch.Tensor | None) -> torch.Ten
 
 def full_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
                     chunk_elements: int = CE_CHUNK_ELEMENTS) -> torch.Tensor:
-    """Cross-entropy of softmax(h @ table.T) against `targets`, in chunks of rows."""
-    from torch.utils.checkpoint import checkpoint
-
+    """The (weighted) mean cross-entropy of softmax(h @ table.T) against `targets`, in chunks of rows."""
+    if not len(h):
+        return (h.sum() + table.sum()) * 0.0  # 0, still attached to the graph
     rows = max(1, chunk_elements // max(1, table.shape[0]))
-    if len(h) <= rows:
-        per = _ce_rows(h, table, targets)
-    else:
-        parts = []
+    scale = (weights if weights is not None else torch.ones(len(h), device=h.device, dtype=h.dtype)) / len(h)
+    return _FusedSoftmaxCE.apply(h, table, targets, scale.to(h.dtype), rows)
+
+
+class _FusedSoftmaxCE(torch.autograd.Function):
+    """sum_i scale_i * CE(softmax(h_i table^T), target_i), with its gradients computed in the
+    forward pass, one chunk of rows at a time: the chunk's softmax minus the one-hot target, times
+    scale, gives d/dlogits, whose products with the table and with h are the gradients of h and of
+    the table. So no [rows, n_items] logits outlive their chunk and none are recomputed: three
+    logit-sized products in all, where autograd's cross-entropy on checkpointed chunks needs four
+    and several more passes over the logits. Hand-written because torch has no fused
+    linear + cross-entropy on CPU. The loss is a scalar, so backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, h, table, targets, scale, rows):
+        grads = h.requires_grad or table.requires_grad
+        grad_h = torch.empty_like(h) if grads else None
+        grad_table = torch.zeros_like(table) if grads else None
+        total = h.new_zeros(())
         for s in range(0, len(h), rows):
-            args = (h[s : s + rows], table, targets[s : s + rows])
-            parts.append(checkpoint(_ce_rows, *args, use_reentrant=False) if torch.is_grad_enabled() else _ce_rows(*args))
-        per = torch.cat(parts)
-    return _weighted_mean(per, weights)
+            hc, tc, sc = h[s : s + rows], targets[s : s + rows], scale[s : s + rows]
+            logits = hc @ table.T
+            lse = torch.logsumexp(logits, 1)
+            picked = logits.gather(1, tc[:, None])[:, 0]
+            total = total + ((lse - picked) * sc).sum()
+            if grads:
+                dlogits = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
+                dlogits.scatter_add_(1, tc[:, None], -torch.ones_like(picked)[:, None])
+                dlogits.mul_(sc[:, None])
+                grad_h[s : s + rows] = dlogits @ table
+                grad_table.addmm_(dlogits.T, hc)
+        ctx.save_for_backward(grad_h, grad_table)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_table = ctx.saved_tensors
+        return grad_h * grad_out, grad_table * grad_out, None, None, None
 
 
 def gbce_beta(negatives: int, n_items: int, t: float) -> float:
