@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 from pathlib import Path
 
-from common import BENCH, REPO, median, run_measured, score, timings
+from common import BENCH, REPO, median, peer_epoch_seconds, print_peer_table, run_measured, score, timings
 
 MODELS = ["ae", "dae", "vae", "multidae", "multivae", "recvae"]
 CONFIDENCE = ["none", "time", "itempop", "genre", "time_genre", "all"]
@@ -149,19 +148,13 @@ def peer(work: Path, python: str, rounds: int) -> None:
         for m, theirs in RECBOLE_MODELS.items():
             out = run_measured(ours_args(m, r), REPO, work / "logs" / f"{m}-peer-{r}.log")
             times.setdefault((m, "ours"), []).extend(run_curves(work, out["stdout"])["epoch_seconds"])
-            p = subprocess.run([python, "-c", _RECBOLE_RUN, str(folder.parent), theirs, "2"], cwd=work,
-                               capture_output=True, text=True)
-            (work / "logs" / f"{m}-recbole-{r}.log").write_text(p.stdout + p.stderr)
-            secs = [float(x) for x in re.findall(r"epoch \d+ training \[time: ([0-9.]+)s", p.stdout + p.stderr)]
-            if p.returncode != 0 or not secs:
-                raise RuntimeError(f"RecBole {theirs} failed, see {work / 'logs' / f'{m}-recbole-{r}.log'}")
-            times.setdefault((m, "recbole"), []).extend(secs)
+            secs = peer_epoch_seconds(python, _RECBOLE_RUN, [str(folder.parent), theirs, "2"], work,
+                                      work / "logs" / f"{m}-recbole-{r}.log", r"epoch \d+ training \[time: ([0-9.]+)s",
+                                      f"RecBole {theirs}")
+            times.setdefault((m, "RecBole"), []).extend(secs)
             print(f"round {r + 1}: {m} ours {times[(m, 'ours')][-2:]} s, RecBole {secs} s", flush=True)
-    print(f"\n## competition size (synthetic), seconds per training epoch, {rounds} alternating rounds of 2 epochs\n")
-    print("| model | ours (median) | RecBole (median) | ours / RecBole |\n|---|---|---|---|")
-    for m in RECBOLE_MODELS:
-        a, b = median(times[(m, "ours")]), median(times[(m, "recbole")])
-        print(f"| {m} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+    print_peer_table(times, list(RECBOLE_MODELS), "RecBole",
+                     f"competition size (synthetic), seconds per training epoch, {rounds} alternating rounds of 2 epochs")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ A model may carry its own overrides, quoted: --models "sasrec,s3rec,s3rec model.
            alternated round by round; medians.
 
     python benchmarks/bench_sequential.py --peer /path/to/rectools-venv/bin/python [--rounds 2] [--epochs 1]
+                                          [--models sasrec]   # a subset of sasrec,bert4rec
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import sys
 from pathlib import Path
 
 from bench_autoencoders import selection, train_args
-from common import BENCH, REPO, SCORER, run_measured, timings
+from common import BENCH, REPO, SCORER, peer_epoch_seconds, print_peer_table, run_measured, timings
 
 MODELS = ["sasrec", "gru4rec", "gru4rec_titles", "bert4rec"]
 REFERENCE = {"ease": {"all": 0.2396, "last": 0.082}, "popularity": {"all": 0.1097}}
@@ -99,34 +100,29 @@ model.fit(Dataset.construct(df))
 """
 
 
-def peer(work: Path, python: str, rounds: int, epochs: int) -> None:
-    """Ours against RecTools on the same competition-size synthetic data, alternated."""
-    from statistics import median
+PEERS = ("sasrec", "bert4rec")  # the models RecTools has
 
+
+def peer(work: Path, python: str, rounds: int, epochs: int, models: list[str]) -> None:
+    """Ours against RecTools on the same competition-size synthetic data, alternated."""
     from bench_autoencoders import run_curves
     from bench_foundation import synthetic_folder
 
     folder = synthetic_folder(work)
     times: dict[tuple[str, str], list[float]] = {}
     for r in range(rounds):
-        for m in ("sasrec", "bert4rec"):
+        for m in models:
             args = train_args(work, f"{m}-peer-{r}", folder, "split=none", "split@validation=none", "tune=false",
                               f"model={m}", "model.max_len=50", "model.batch_size=128", f"model.max_epochs={epochs}")
             out = run_measured(args, REPO, work / "logs" / f"{m}-peer-{r}.log")
             times.setdefault((m, "ours"), []).extend(run_curves(work, out["stdout"])["epoch_seconds"])
-            p = subprocess.run([python, "-c", _RECTOOLS_RUN, str(folder / "train_ratings.csv"), m, str(epochs), "128"],
-                               cwd=work, capture_output=True, text=True)
-            (work / "logs" / f"{m}-rectools-{r}.log").write_text(p.stdout + p.stderr)
-            secs = [float(x) for x in re.findall(r"epoch_seconds ([0-9.]+)", p.stdout)]
-            if p.returncode != 0 or not secs:
-                raise RuntimeError(f"RecTools {m} failed, see {work / 'logs' / f'{m}-rectools-{r}.log'}")
-            times.setdefault((m, "rectools"), []).extend(secs)
+            secs = peer_epoch_seconds(python, _RECTOOLS_RUN, [str(folder / "train_ratings.csv"), m, str(epochs), "128"],
+                                      work, work / "logs" / f"{m}-rectools-{r}.log", r"epoch_seconds ([0-9.]+)",
+                                      f"RecTools {m}")
+            times.setdefault((m, "RecTools"), []).extend(secs)
             print(f"round {r + 1}: {m} ours {times[(m, 'ours')][-epochs:]} s, RecTools {secs} s", flush=True)
-    print(f"\n## competition size (synthetic), seconds per training epoch, {rounds} alternating rounds of {epochs}\n")
-    print("| model | ours (median) | RecTools (median) | ours / RecTools |\n|---|---|---|---|")
-    for m in ("sasrec", "bert4rec"):
-        a, b = median(times[(m, "ours")]), median(times[(m, "rectools")])
-        print(f"| {m} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+    print_peer_table(times, models, "RecTools", f"competition size (synthetic), seconds per training epoch, "
+                     f"{rounds} alternating rounds of {epochs}")
 
 
 def main() -> None:
@@ -140,7 +136,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra train.py overrides for every model (e.g. trainer=gpu)")
     a = ap.parse_args()
     if a.peer:
-        peer(a.work, a.peer, a.rounds, a.epochs)
+        peer(a.work, a.peer, a.rounds, a.epochs, [m for m in a.models.split(",") if m in PEERS])
     else:
         quality(a.work, a.bench, a.models.split(","), a.overrides)
 

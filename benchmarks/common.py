@@ -59,3 +59,24 @@ def median(xs: list[float]) -> float:
 
 def stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
+
+
+def peer_epoch_seconds(python: str, script: str, argv: list[str], cwd: Path, log: Path, pattern: str,
+                       library: str) -> list[float]:
+    """Another library's training `script`, run by its own interpreter: the seconds per epoch its
+    output reports (`pattern`'s group), its output kept in `log`."""
+    p = subprocess.run([python, "-c", script, *argv], cwd=cwd, capture_output=True, text=True)
+    log.write_text(p.stdout + p.stderr)
+    secs = [float(x) for x in re.findall(pattern, p.stdout + p.stderr)]
+    if p.returncode != 0 or not secs:
+        raise RuntimeError(f"{library} failed, see {log}")
+    return secs
+
+
+def print_peer_table(times: dict[tuple[str, str], list[float]], models: list[str], library: str, title: str) -> None:
+    """Medians of ours against `library`'s seconds per epoch, per model, and their ratio."""
+    print(f"\n## {title}\n")
+    print(f"| model | ours (median) | {library} (median) | ours / {library} |\n|---|---|---|---|")
+    for m in models:
+        a, b = median(times[(m, "ours")]), median(times[(m, library)])
+        print(f"| {m} | {a:.1f} | {b:.1f} | {a / b:.2f} |")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recmovie.config import CONF_DIR
 from recmovie.data.synthetic import generate_synthetic, write_competition_folder
@@ -41,6 +41,17 @@ def small_dir(tmp_path_factory, small_dataset) -> Path:
     folder = tmp_path_factory.mktemp("small") / "train"
     write_competition_folder(small_dataset, folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_prepared(small_dir):
+    """The small competition folder prepared with the competition split (no cache, no validation)."""
+    from recmovie.data.prepare import prepare_data
+
+    cfg = OmegaConf.create({"data": {"format": "competition", "dir": str(small_dir)},
+                            "split": {"name": "competition", "n_last": 2, "n_random": 8, "seed": 1},
+                            "confidence": {"kinds": []}})
+    return prepare_data(cfg.data, cfg.split, cfg.confidence, cache_dir=None)
 
 
 def make_config(tmp_path: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:

@@ -4,9 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from recmovie.data.prepare import prepare_data
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import rank
 
@@ -18,11 +16,8 @@ from recmovie.schema import Schema
 
 
 @pytest.fixture(scope="module")
-def data(small_dir):
-    cfg = OmegaConf.create({"data": {"format": "competition", "dir": str(small_dir)},
-                            "split": {"name": "competition", "n_last": 2, "n_random": 8, "seed": 1},
-                            "confidence": {"kinds": []}})
-    return prepare_data(cfg.data, cfg.split, cfg.confidence, cache_dir=None)
+def data(small_prepared):
+    return small_prepared
 
 
 def recall(model, data):

@@ -7,9 +7,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from recmovie.data.prepare import prepare_data
 from recmovie.models.linear import EASE, EDLAE, HybridEASE
 from recmovie import selection
 from recmovie.pipeline import train
@@ -41,11 +39,8 @@ def test_tune_extends_a_grid_whose_best_lies_on_its_edge(small_config):
 
 
 @pytest.fixture(scope="module")
-def data(small_dir):
-    cfg = OmegaConf.create({"data": {"format": "competition", "dir": str(small_dir)},
-                            "split": {"name": "competition", "n_last": 2, "n_random": 8, "seed": 1},
-                            "confidence": {"kinds": []}})
-    return prepare_data(cfg.data, cfg.split, cfg.confidence, cache_dir=None)
+def data(small_prepared):
+    return small_prepared
 
 
 @pytest.mark.parametrize("make, varying", [
