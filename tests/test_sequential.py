@@ -106,6 +106,20 @@ def test_chunked_cross_entropy_matches_the_plain_one_values_and_gradients(weight
     assert empty.item() == 0.0 and empty.requires_grad
 
 
+def test_full_softmax_is_computed_in_float32_under_mixed_precision():
+    torch.manual_seed(0)
+    lin, emb = torch.nn.Linear(8, 8), torch.nn.Embedding(12, 8)
+    h, targets = torch.randn(20, 8), torch.randint(0, 11, (20,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = lin(h)  # bfloat16 hidden states, as a bf16-mixed trainer makes them
+        loss = full_softmax_ce(x, emb.weight[:11], targets)
+    loss.backward()
+    expected = torch.nn.functional.cross_entropy(x.float() @ emb.weight[:11].T, targets)
+    assert x.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert emb.weight.grad.dtype == torch.float32 and torch.isfinite(lin.weight.grad).all()
+
+
 def test_gbce_calibration_and_sampled_bce_by_hand():
     assert gbce_beta(10, 101, 0.0) == pytest.approx(1.0)  # t = 0: plain BCE
     assert gbce_beta(10, 101, 1.0) == pytest.approx(0.1)  # t = 1: beta = alpha = 10 / 100

@@ -88,10 +88,6 @@ def pairwise_loss(name: str, pos: torch.Tensor, neg: torch.Tensor, weight: torch
     return per.mean()
 
 
-def _ce_rows(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(h @ table.T, targets, reduction="none")
-
-
 def _weighted_mean(per: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     if not len(per):
         return per.sum()  # 0, still attached to the graph
@@ -104,8 +100,9 @@ def full_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
     if not len(h):
         return (h.sum() + table.sum()) * 0.0  # 0, still attached to the graph
     rows = max(1, chunk_elements // max(1, table.shape[0]))
-    scale = (weights if weights is not None else torch.ones(len(h), device=h.device, dtype=h.dtype)) / len(h)
-    return _FusedSoftmaxCE.apply(h, table, targets, scale.to(h.dtype), rows)
+    scale = (weights if weights is not None else torch.ones(len(h), device=h.device)) / len(h)
+    grads = torch.is_grad_enabled() and (h.requires_grad or table.requires_grad)  # not when validating
+    return _FusedSoftmaxCE.apply(h, table, targets, scale.float(), rows, grads)
 
 
 class _FusedSoftmaxCE(torch.autograd.Function):
@@ -115,33 +112,36 @@ class _FusedSoftmaxCE(torch.autograd.Function):
     the table. So no [rows, n_items] logits outlive their chunk and none are recomputed: three
     logit-sized products in all, where autograd's cross-entropy on checkpointed chunks needs four
     and several more passes over the logits. Hand-written because torch has no fused
-    linear + cross-entropy on CPU. The loss is a scalar, so backward only scales them."""
+    linear + cross-entropy on CPU. The loss is a scalar, so backward only scales them. In float32
+    whatever the inputs' precision (a softmax over every item is no place for half precision)."""
 
     @staticmethod
-    def forward(ctx, h, table, targets, scale, rows):
-        grads = h.requires_grad or table.requires_grad
-        grad_h = torch.empty_like(h) if grads else None
-        grad_table = torch.zeros_like(table) if grads else None
-        total = h.new_zeros(())
-        for s in range(0, len(h), rows):
-            hc, tc, sc = h[s : s + rows], targets[s : s + rows], scale[s : s + rows]
-            logits = hc @ table.T
-            lse = torch.logsumexp(logits, 1)
-            picked = logits.gather(1, tc[:, None])[:, 0]
-            total = total + ((lse - picked) * sc).sum()
-            if grads:
-                dlogits = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
-                dlogits.scatter_add_(1, tc[:, None], -torch.ones_like(picked)[:, None])
-                dlogits.mul_(sc[:, None])
-                grad_h[s : s + rows] = dlogits @ table
-                grad_table.addmm_(dlogits.T, hc)
-        ctx.save_for_backward(grad_h, grad_table)
+    def forward(ctx, h, table, targets, scale, rows, grads):
+        with torch.autocast(h.device.type, enabled=False):
+            hf, tf = h.float(), table.float()
+            grad_h = torch.empty_like(hf) if grads else None
+            grad_table = torch.zeros_like(tf) if grads else None
+            total = hf.new_zeros(())
+            for s in range(0, len(hf), rows):
+                hc, tc, sc = hf[s : s + rows], targets[s : s + rows], scale[s : s + rows]
+                logits = hc @ tf.T
+                lse = torch.logsumexp(logits, 1)
+                picked = logits.gather(1, tc[:, None])[:, 0]
+                total = total + ((lse - picked) * sc).sum()
+                if grads:
+                    dlogits = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
+                    dlogits.scatter_add_(1, tc[:, None], -torch.ones_like(picked)[:, None])
+                    dlogits.mul_(sc[:, None])
+                    grad_h[s : s + rows] = dlogits @ tf
+                    grad_table.addmm_(dlogits.T, hc)
+        if grads:
+            ctx.save_for_backward(grad_h.to(h.dtype), grad_table.to(table.dtype))
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_table = ctx.saved_tensors
-        return grad_h * grad_out, grad_table * grad_out, None, None, None
+        return grad_h * grad_out, grad_table * grad_out, None, None, None, None
 
 
 def gbce_beta(negatives: int, n_items: int, t: float) -> float:
