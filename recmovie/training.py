@@ -21,7 +21,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, Checkpoint, EarlyStopping
+from pytorch_lightning.callbacks import Callback, Checkpoint, EarlyStopping, Timer
 from pytorch_lightning.loggers import MLFlowLogger
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 
@@ -139,6 +139,9 @@ class EpochReport(Callback):
         if stopper is not None and stopper.stopped_epoch > 0:
             log.info("early stopping after epoch %d: %s did not improve for %d epochs (best %.4f at epoch %d)",
                      stopper.stopped_epoch + 1, stopper.monitor, stopper.wait_count, self.best[0], self.best[1])
+        elif any(isinstance(c, Timer) and c.time_remaining() is not None and c.time_remaining() <= 0
+                 for c in trainer.callbacks):
+            log.info("stopped after epoch %d: trainer.max_time ran out", trainer.current_epoch)
         else:
             log.info("stopped after epoch %d: max_epochs reached", trainer.current_epoch)
 
@@ -254,6 +257,10 @@ def build_trainer(cfg: DictConfig, model: LitRecommender, validate: bool, logger
     """The Trainer from `trainer.*` and `callbacks.*`; `checkpoint`: the file ResumeCheckpoint
     keeps the training state in (Lightning's own ModelCheckpoint stays off)."""
     kwargs = trainer_arguments(cfg.trainer)
+    if max_epochs is not None and kwargs.pop("max_time", None) is not None:
+        # a refit trains the epoch count its probe found within the budget: cut short, it would be
+        # a model nobody selected
+        log.info("refit: trainer.max_time does not apply; it trains the %d epochs found", max_epochs)
     kwargs["max_epochs"] = int(max_epochs or kwargs.get("max_epochs") or model.params.max_epochs)
     if not validate:
         kwargs["limit_val_batches"] = 0

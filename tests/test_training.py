@@ -57,6 +57,17 @@ def test_any_trainer_key_reaches_the_trainer(small_cfg):
     assert trainer.max_epochs == 1  # trainer.max_epochs wins over the model's own
 
 
+def test_a_time_budget_caps_the_probe_but_not_the_refit(small_cfg):
+    from pytorch_lightning.callbacks import Timer
+
+    cfg = small_cfg(["+trainer.max_time=00:00:01:00"])
+    data = load_data(cfg)
+    probe = build_trainer(cfg, _model(cfg, data), validate=True)
+    refit = build_trainer(cfg, _model(cfg, data), validate=False, max_epochs=3)  # the count the probe found
+    assert any(isinstance(c, Timer) for c in probe.callbacks)
+    assert not any(isinstance(c, Timer) for c in refit.callbacks) and refit.max_epochs == 3
+
+
 def test_early_stopping_says_when_and_why_it_stopped(small_cfg, caplog):
     # a learning rate this small never improves the validation figure: stops after `patience` epochs
     cfg = small_cfg(["model.lr=1e-12", "model.patience=2", "model.max_epochs=20"])
