@@ -23,6 +23,13 @@ Features of a (user, candidate) pair, `FEATURES`:
   user_idle_days         days from the user's last interaction to the newest one in the data
   genre_share            mean, over the candidate's genres, of the share of the user's history
                          in that genre (NaN without genres.tsv)
+  after_last, after_recent
+                         how often the candidate came within `rerank.sequence_window` steps after
+                         the user's last item (after_last) or, summed, after each of the user's
+                         `rerank.recent_items` last items (after_recent), in everyone's histories
+                         ordered by time, as a share of that item's followers: the sequential
+                         signal (what users watch next) that the members' scores mostly lack, for
+                         the holdout's last items
 """
 from __future__ import annotations
 
@@ -43,14 +50,15 @@ log = logging.getLogger(__name__)
 
 DAY = 86400
 CONTEXT_FEATURES = ("n_listed", "item_pop", "item_recent", "item_at_user_time", "year_gap", "user_len",
-                    "user_idle_days", "genre_share")
+                    "user_idle_days", "genre_share", "after_last", "after_recent")
 
 
 def feature_names(n_members: int) -> list[str]:
     return [f"m{i}_{kind}" for i in range(n_members) for kind in ("score", "rank")] + list(CONTEXT_FEATURES)
 
 
-def pair_features(pool: Pool, data: PreparedData, recent_share: float = 0.1, window_days: float = 30.0) -> np.ndarray:
+def pair_features(pool: Pool, data: PreparedData, recent_share: float = 0.1, window_days: float = 30.0,
+                  sequence_window: int = 3, recent_items: int = 5) -> np.ndarray:
     """[rows, features] float32 for every pool row (see the module docstring); `data` is the
     history the pool's candidates were ranked with."""
     users, items = pool.users.astype(np.int64), pool.items.astype(np.int64)
@@ -90,7 +98,35 @@ def pair_features(pool: Pool, data: PreparedData, recent_share: float = 0.1, win
         cols.append(np.where(n_genres[items] > 0, total / np.maximum(n_genres[items], 1), np.nan))
     else:
         cols.append(np.full(len(items), np.nan))
+    cols += sequence_features(pool, data, sequence_window, recent_items)
     return np.column_stack(cols).astype(np.float32)
+
+
+def sequence_features(pool: Pool, data: PreparedData, window: int, recent: int) -> list[np.ndarray]:
+    """after_last and after_recent (module docstring). The followers' table is kept as sorted
+    (item, follower) keys with their shares and read by binary search for each pool row: a sparse
+    users x items product would hold every follower of every user's recent items at once."""
+    n = data.n_items
+    user, item = data.train_user.astype(np.int64), data.train_item.astype(np.int64)  # by user, then time
+    before, after = [], []
+    for d in range(1, window + 1):
+        same = user[:-d] == user[d:]
+        before.append(item[:-d][same])
+        after.append(item[d:][same])
+    keys, counts = np.unique(np.concatenate(before) * n + np.concatenate(after), return_counts=True)
+    followers = np.bincount(keys // n, weights=counts, minlength=n)
+    share = counts / np.maximum(followers[keys // n], 1)
+    ends = np.cumsum(np.bincount(user, minlength=data.n_users))
+    starts = ends - np.bincount(user, minlength=data.n_users)
+    users, items = pool.users.astype(np.int64), pool.items.astype(np.int64)
+    shares = []
+    for back in range(1, recent + 1):  # the user's last item, then the one before it, ...
+        row = ends[users] - back
+        has = row >= starts[users]
+        query = item[np.where(has, row, 0)] * n + items
+        pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+        shares.append(np.where(has & (keys[pos] == query), share[pos], 0.0) if len(keys) else np.zeros(len(users)))
+    return [shares[0], np.sum(shares, axis=0)]
 
 
 def labels(pool: Pool, data: PreparedData) -> np.ndarray:
@@ -176,10 +212,12 @@ def fit_ranker_on(val_pool: Pool, val_data: PreparedData, pool: Pool, data: Prep
     """Learn the ranker on the validation pool (labelled by `val_data`'s holdout), then score both
     pools: (ranker, one value per `val_pool` row, one value per `pool` row)."""
     r = OmegaConf.to_container(cfg, resolve=True)
-    x_val = pair_features(val_pool, val_data, float(r["recent_share"]), float(r["window_days"]))
+    knobs = dict(recent_share=float(r["recent_share"]), window_days=float(r["window_days"]),
+                 sequence_window=int(r["sequence_window"]), recent_items=int(r["recent_items"]))
+    x_val = pair_features(val_pool, val_data, **knobs)
     ranker = fit_ranker(x_val, labels(val_pool, val_data), val_pool.users, feature_names(val_pool.ranks.shape[1]),
                         {**r, "k": k})
-    fused = ranker.predict(pair_features(pool, data, float(r["recent_share"]), float(r["window_days"])))
+    fused = ranker.predict(pair_features(pool, data, **knobs))
     return ranker, ranker.predict(x_val), fused
 
 
@@ -187,6 +225,8 @@ def check_rerank_config(r) -> None:
     """The `rerank` section's values, each named by its key."""
     for key, ok, want in (("recent_share", lambda v: 0 < v <= 1, "a number in (0, 1]"),
                           ("window_days", lambda v: v > 0, "a number > 0"),
+                          ("sequence_window", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+                          ("recent_items", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
                           ("valid_share", lambda v: 0 < v < 1, "a number in (0, 1)"),
                           ("rounds", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
                           ("patience", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),

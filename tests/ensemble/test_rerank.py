@@ -64,6 +64,25 @@ def test_the_user_time_window_counts_the_items_interactions_before_the_users_las
     assert pair_features(pool, data, window_days=50)[0, at] == 0
 
 
+def test_the_sequence_features_count_what_followed_the_users_last_items():
+    # raw items 1, 2, 3 = dense a, b, c; histories by time: user 0: a b c, user 1: a c, user 2: b a
+    rows = [(0, 1, T0), (0, 2, T0 + 1), (0, 3, T0 + 2), (1, 1, T0), (1, 3, T0 + 5), (2, 2, T0), (2, 1, T0 + 9)]
+    u, i, t = (np.array(c) for c in zip(*rows))
+    data = PreparedData(build_dataset(u, i, t), np.ones(len(u), bool), np.ones(len(u), np.float32),
+                        Holdout.empty(), "fp")
+    pool = build_pool([pd.DataFrame({"user": [2], "item": [2], "rank": [1], "score": [1.0]})], data.n_items, top_n=1)
+    cols = [CONTEXT_FEATURES.index(name) + 2 for name in ("after_last", "after_recent")]
+    # within 3 steps, a was followed by b once and c twice; b by c once and a once
+    assert pair_features(pool, data)[0, cols] == pytest.approx([2 / 3, 2 / 3 + 1 / 2])
+    # next step only: a -> b, a -> c, b -> c, b -> a, half each
+    assert pair_features(pool, data, sequence_window=1)[0, cols] == pytest.approx([1 / 2, 1])
+    assert pair_features(pool, data, recent_items=1)[0, cols] == pytest.approx([2 / 3, 2 / 3])
+    # user 1 (a c): c was never followed; a was followed by b, never by a
+    other = build_pool([pd.DataFrame({"user": [1, 1], "item": [0, 1], "rank": [1, 2], "score": [1.0, 0.0]})],
+                       data.n_items, top_n=2)
+    assert pair_features(other, data)[:, cols] == pytest.approx(np.array([[0, 0], [0, 1 / 3]]))
+
+
 def test_rerank_end_to_end_logs_the_ranker_and_refuses_weights(members, tmp_path):
     ids = [members.ids["ease"], members.ids["itemknn"], members.ids["popularity"]]
     runs = f"runs=[{','.join(ids)}]"
