@@ -88,14 +88,27 @@ def fit_once(model: Recommender, train: PreparedData, val: PreparedData | None, 
                          checkpoint=checkpoint_dir(cfg) / f"{prefix or 'fit'}.ckpt", resume=bool(cfg.get("resume")))
 
 
-def validation_ranking(model: Recommender, fit_data: PreparedData, cfg: DictConfig, depth: int
-                       ) -> tuple[TopK, float]:
-    """The validation users' top `depth` by `model` (fitted on the fit part), and their Recall@k."""
-    users = np.unique(fit_data.holdout.user).astype(np.int64)
+def validation_ranking(model: Recommender, fit_data: PreparedData, cfg: DictConfig, depth: int,
+                       users: np.ndarray | None = None) -> tuple[TopK, float]:
+    """The validation users' (or the given ones') top `depth` by `model` (fitted on the fit part),
+    and their Recall@k."""
+    users = np.unique(fit_data.holdout.user).astype(np.int64) if users is None else users
     k = int(cfg.eval.k)
     top = rank(model, fit_data, k=depth, chunk_size=int(cfg.eval.chunk_size), users=users,
                item_filter=release_year_filter(cfg.get("filter"), fit_data))
-    return top, evaluate(top.items, top.users, fit_data.holdout, fit_data.n_users, k)[f"recall_at_{k}"]
+    hidden = fit_data.holdout.of_users(users)
+    return top, evaluate(top.items, top.users, hidden, fit_data.n_users, k)[f"recall_at_{k}"]
+
+
+def tune_users(fit_data: PreparedData, cfg: DictConfig) -> np.ndarray:
+    """The validation users every grid point is scored on: all of them, or a fixed random
+    `tune_users` of them (the same for every point, so the points' figures stay paired)."""
+    users = np.unique(fit_data.holdout.user).astype(np.int64)
+    cap = cfg.get("tune_users")
+    if cap is None or len(users) <= int(cap):
+        return users
+    rng = np.random.default_rng(int(cfg.validation.seed))
+    return np.sort(rng.choice(users, int(cap), replace=False))
 
 
 def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run, prefitted: bool = False) -> Fitted:
@@ -168,6 +181,7 @@ def tune_model(cfg: DictConfig, grid: dict[str, list], data: PreparedData, run, 
     model."""
     fit_data = data.fit_part()
     k = int(cfg.eval.k)
+    users = tune_users(fit_data, cfg)
     rows, tried, shared, kept = [], [], [], [None]
     t_start = time.perf_counter()
 
@@ -178,7 +192,7 @@ def tune_model(cfg: DictConfig, grid: dict[str, list], data: PreparedData, run, 
         if not shared:  # the work every point shares (EASE: the Gram matrix), once
             shared.append(model.shared_work(fit_data, set(grid)))
         model.fit(fit_data, **shared[0])
-        _, recall = validation_ranking(model, fit_data, cfg, k)
+        _, recall = validation_ranking(model, fit_data, cfg, k, users)
         rows.append({**chosen, f"val_recall_at_{k}": recall, "seconds": round(time.perf_counter() - t0, 2)})
         tried.append(chosen)
         previous = [r[f"val_recall_at_{k}"] for r in rows[:-1]]
@@ -202,8 +216,8 @@ def tune_model(cfg: DictConfig, grid: dict[str, list], data: PreparedData, run, 
     chosen = {key: best[key] for key in grid}
     shared.clear()
     run.log_metrics({"tune_seconds": time.perf_counter() - t_start})
-    log.info("tune: chose %s (val_recall_at_%d %.4f of %d tried) in %.1f s", chosen, k, best[f"val_recall_at_{k}"],
-             len(rows), time.perf_counter() - t_start)
+    log.info("tune: chose %s (val_recall_at_%d %.4f of %d tried, on %d validation users) in %.1f s", chosen, k,
+             best[f"val_recall_at_{k}"], len(rows), len(users), time.perf_counter() - t_start)
     run.log_text(pd.DataFrame(rows).to_csv(index=False), "tune.csv")
     run.set_tags({"tuned": " ".join(f"{a}={b}" for a, b in chosen.items())})
     return chosen, kept[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -96,3 +97,30 @@ def test_a_validate_run_keeps_the_tunes_chosen_model_instead_of_fitting_it_again
     monkeypatch.setattr(selection, "available_memory", lambda: 1)  # nothing may be held: fitted again
     assert train(small_config(overrides)) == kept_score and len(fits) == 3
     assert (Path(cfg.paths.output_dir) / "submission.csv").read_text() == kept_submission
+
+
+def test_tune_scores_every_point_on_the_same_capped_users(small_config, monkeypatch):
+    from recmovie.evaluation.metrics import user_recalls
+
+    seen = []
+    original = selection.validation_ranking
+
+    def recorded(model, fit_data, cfg, depth, users=None):
+        top, recall = original(model, fit_data, cfg, depth, users)
+        # the subset's figure is its users' own mean, not diluted by the validation users left out
+        every, _ = original(model, fit_data, cfg, depth)
+        ids, per_user = user_recalls(every.items, every.users, fit_data.holdout, fit_data.n_users, 10)
+        assert recall == pytest.approx(per_user[np.isin(ids, top.users)].mean())
+        seen.append(tuple(top.users))
+        return top, recall
+
+    monkeypatch.setattr(selection, "validation_ranking", recorded)
+    train(small_config(["model=ease", "tune=true", "model.tune.l2=[10.0,100.0]", "tune_extra_points=0",
+                        "tune_users=50"]))
+    # the grid's two points; then the run's own validation candidates, of every validation user
+    assert len(seen[0]) == 50 and seen[0] == seen[1] and len(seen[2]) > 300
+    seen.clear()
+    cfg = small_config(["model=ease", "tune=true", "model.tune.l2=[10.0,100.0]", "tune_extra_points=0",
+                        "tune_users=null"])
+    train(cfg)
+    assert len(seen[0]) > 300  # every validation user of the 400
