@@ -29,7 +29,7 @@ def train_args(work: Path, name: str, data_dir: Path, *overrides: str, cache: Pa
 
 def quality(work: Path, models: list[str]) -> None:
     print(f"\n## ml-100k benchmark ({BENCH}), default configs, split=none on input/\n")
-    print(f"| model | Recall@10 (hidden) | fit s | wall s |\n|---|---|---|---|")
+    print("| model | Recall@10 (hidden) | fit s | wall s |\n|---|---|---|---|")
     for m in models:
         r = run_measured(train_args(work, m, BENCH / "input", f"model={m}"), REPO, work / "logs" / f"{m}.log")
         rec = score(work / "runs" / m / "submission.csv")

@@ -74,7 +74,7 @@ def make_config(tmp_path: Path, overrides: list[str] = (), config_name: str = "t
 def small_config(tmp_path, small_dir):
     """make_config on the small competition folder: small_config(["model=itemknn", ...])."""
     def _make(overrides=()):
-        return make_config(tmp_path, [f"data=competition", f"data.dir={small_dir}", *overrides])
+        return make_config(tmp_path, ["data=competition", f"data.dir={small_dir}", *overrides])
     return _make
 
 

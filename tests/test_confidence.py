@@ -22,7 +22,7 @@ def weights(rows, kinds, **params):
 
 @pytest.mark.parametrize("kinds", [[], ["time"], ["itempop"], ["genre"], ["time", "genre"], ["time", "itempop", "genre"]])
 def test_positive_with_mean_one_per_user(rows, kinds):
-    ds, u = rows[0], rows[1]
+    u = rows[1]
     w = weights(rows, kinds)
     assert w.dtype == np.float32 and (w > 0).all()
     means = np.bincount(u, weights=w) / np.bincount(u)

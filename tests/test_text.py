@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from recmovie.data import text
-from recmovie.data.dataset import SideField, build_dataset
+from recmovie.data.dataset import build_dataset
 from recmovie.errors import ConfigError
 
 

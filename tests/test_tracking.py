@@ -2,6 +2,7 @@
 jobs share a fresh sqlite store, run names and the environment, and unique Hydra run folders."""
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
@@ -189,7 +190,7 @@ TOKEN_CODE = """
 
 
 def test_run_token_is_stable_in_a_config_and_differs_between_processes():
-    import recmovie.config  # noqa: F401  (registers the resolver)
+    importlib.import_module("recmovie.config")  # registers the run_token resolver
 
     cfg = OmegaConf.create({"a": "${run_token:}", "b": "x_${run_token:}"})
     assert re.fullmatch(r"[0-9a-f]{5,}", cfg.a)
