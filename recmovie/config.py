@@ -72,7 +72,7 @@ RUN_VALUES = [
     ("seed", int, None, False), ("split.seed", int, None, False), ("validation.seed", int, None, False),
     ("loader.num_workers", int, 0, False), ("trainer.max_epochs", int, 1, True), ("data.cache", bool, None, False),
     ("data.min_rating", float, None, True), ("tracking.enabled", bool, None, False),
-    ("tune_extra_points", int, 0, False), ("tune_users", int, 1, True),
+    ("tune_extra_points", int, 0, False), ("tune_users", int, 1, True), ("tune_items", int, 1, True),
     *((f"data.{k}", int, None, False) for k in ("n_users", "n_items", "n_interactions", "seed")),
 ]
 

@@ -100,6 +100,20 @@ def validation_ranking(model: Recommender, fit_data: PreparedData, cfg: DictConf
     return top, evaluate(top.items, top.users, hidden, fit_data.n_users, k)[f"recall_at_{k}"]
 
 
+def tune_data(data: PreparedData, model_class: type, cfg: DictConfig) -> PreparedData:
+    """The fit part, with only its `tune_items` most popular items for a model whose every grid
+    point costs items^3 (`tune_on_popular_items`): the grid is searched on the items that carry
+    most of the interactions, and the chosen values then fit the whole catalogue."""
+    fit_data, cap = data.fit_part(), cfg.get("tune_items")
+    if not model_class.tune_on_popular_items or cap is None or fit_data.n_items <= int(cap):
+        return fit_data
+    top = np.sort(np.argsort(-fit_data.item_popularity, kind="stable")[: int(cap)])
+    share = fit_data.item_popularity[top].sum() / max(fit_data.item_popularity.sum(), 1)
+    log.info("tune: searching on the %d most popular of %d items (%.1f%% of the fit part's interactions; "
+             "tune_items)", len(top), fit_data.n_items, 100 * share)
+    return fit_data.of_items(top)
+
+
 def tune_users(fit_data: PreparedData, cfg: DictConfig) -> np.ndarray:
     """The validation users every grid point is scored on: all of them, or a fixed random
     `tune_users` of them (the same for every point, so the points' figures stay paired)."""
@@ -174,13 +188,14 @@ def outward_point(grid: dict[str, list], best: dict, extendable: list[str], trie
 
 def tune_model(cfg: DictConfig, grid: dict[str, list], data: PreparedData, run, build,
                extendable: list[str] = (), keep: bool = False) -> tuple[dict, Recommender | None]:
-    """Every combination of `grid` fitted on the fit part and scored on the validation part; while
+    """Every combination of `grid` fitted on the fit part (a model that `tune_on_popular_items`: on
+    its `tune_items` most popular items) and scored on the validation part; while
     the best lies on the grid's edge for an `extendable` key, one more point outward (at most
     `tune_extra_points`). Returns the first best (grid order) and, with `keep`, its fitted model
     where memory allows holding it beside the next point's (else None). `build(values)` makes the
     model."""
-    fit_data = data.fit_part()
-    k = int(cfg.eval.k)
+    fit_data, k = tune_data(data, type(build({key: values[0] for key, values in grid.items()})), cfg), int(cfg.eval.k)
+    keep = keep and fit_data.n_items == data.n_items  # a model of the popular items alone is not the run's
     users = tune_users(fit_data, cfg)
     rows, tried, shared, kept = [], [], [], [None]
     t_start = time.perf_counter()

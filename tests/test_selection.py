@@ -124,3 +124,38 @@ def test_tune_scores_every_point_on_the_same_capped_users(small_config, monkeypa
                         "tune_users=null"])
     train(cfg)
     assert len(seen[0]) > 300  # every validation user of the 400
+
+
+def test_a_model_of_items_cubed_searches_its_grid_on_the_popular_items_then_fits_them_all(small_config, monkeypatch):
+    fitted = []
+    original = EASE.fit
+
+    def counted(self, data, **shared):
+        fitted.append(data.n_items)
+        return original(self, data, **shared)
+
+    monkeypatch.setattr(EASE, "fit", counted)
+    overrides = ["model=ease", "tune=true", "model.tune.l2=[10.0,100.0]", "tune_extra_points=0", "tune_items=120"]
+    cfg = small_config(overrides)  # a validate run: the tune's model would be kept, were it of every item
+    train(cfg)
+    assert fitted == [120, 120, 300]
+    submission = pd.read_csv(Path(cfg.paths.output_dir) / "submission.csv")
+    assert submission["item"].nunique() > 0 and len(submission) == 10 * submission["user"].nunique()
+
+
+def test_of_items_keeps_the_items_rows_side_values_and_hidden_rows_renumbered():
+    from recmovie.data.dataset import build_dataset
+    from recmovie.data.prepare import PreparedData
+    from recmovie.data.split import Holdout
+
+    # raw items 10, 20, 30 (dense 0, 1, 2); keep 0 and 2
+    u, i, t = np.array([1, 1, 2, 2]), np.array([10, 20, 30, 10]), np.array([1, 2, 3, 4])
+    side = {"genre": (np.array([10, 20, 30]), np.array(["a", "b", "c"]), "genres.tsv")}
+    ds = build_dataset(u, i, t, side=side)
+    hidden = Holdout(np.array([0, 1, 1], np.int32), np.array([2, 1, -1], np.int32), np.zeros(3, np.int8))
+    data = PreparedData(ds, np.ones(4, bool), np.arange(4, dtype=np.float32), hidden, "fp")
+    sub = data.of_items(np.array([0, 2]))
+    assert sub.n_items == 2 and sub.n_users == 2 and list(sub.dataset.item_ids) == [10, 30]
+    assert sub.train_item.tolist() == [0, 1, 0] and sub.weight.tolist() == [0.0, 2.0, 3.0]
+    assert sub.dataset.side["genre"].item.tolist() == [0, 1] and sub.holdout.item.tolist() == [1]
+    assert sub.fingerprint != data.fingerprint

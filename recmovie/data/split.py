@@ -36,6 +36,12 @@ class Holdout:
         keep = np.isin(self.user, users)
         return Holdout(self.user[keep], self.item[keep], self.part[keep])
 
+    def of_items(self, new_id: np.ndarray) -> "Holdout":
+        """The rows whose item `new_id` (one entry per old dense item) maps to >= 0, renumbered."""
+        mapped = np.where(self.item >= 0, new_id[np.maximum(self.item, 0)], -1)
+        keep = mapped >= 0
+        return Holdout(self.user[keep], mapped[keep].astype(np.int32), self.part[keep])
+
 
 def split_none(ds: Dataset) -> tuple[np.ndarray, Holdout]:
     """Train on everything (for a final submission)."""

@@ -44,6 +44,8 @@ class Recommender(torch.nn.Module):
     trained: ClassVar[bool] = False  # True: fitted by a Lightning Trainer
     per_user_state: ClassVar[bool] = False  # True: holds per-user parameters (MF), so it can only
     # rank the users it was trained on; history-based models (EASE, autoencoders) rank anyone
+    tune_on_popular_items: ClassVar[bool] = False  # True: each `tune` grid point inverts an items x items
+    # matrix (items^3), so the grid is searched on at most `tune_items` of the most popular items
 
     def __init__(self, **params: Any):
         super().__init__()

@@ -171,6 +171,8 @@ def item_sq_norms(x) -> np.ndarray:
 class EASE(ItemItemModel):
     """Steck 2019, "Embarrassingly Shallow Autoencoders": B = I - P / diag(P), P = (X^T X + l2 I)^-1."""
 
+    tune_on_popular_items = True
+
     def __init__(self, l2: float = 500.0, dtype: str = "float32"):
         super().__init__(l2=l2, dtype=dtype)
         check(l2 > 0, "l2", f"must be > 0, got {l2}")
@@ -201,6 +203,8 @@ class EDLAE(ItemItemModel):
     Netflix and MSD. xi = 0 (the default) is EDLAE, dropout = 0 and xi = 0 is EASE; xi > 0 (RDLAE)
     rescales only the columns whose ridge dominates, as diag(B) itself only scores seen items.
     """
+
+    tune_on_popular_items = True
 
     def __init__(self, l2: float = 300.0, dropout: float = 0.25, xi: float = 0.0, dtype: str = "float32"):
         super().__init__(l2=l2, dropout=dropout, xi=xi, dtype=dtype)
@@ -299,6 +303,8 @@ class HybridEASE(ItemItemModel):
     state: the dense users x items rows C X, kept in the checkpoint (predict.py ranks the same
     users only). Its cost is the users x users inverse: seconds on ml-100k, minutes and about
     4 GB at the competition's 31k users."""
+
+    tune_on_popular_items = True
 
     per_user_state = True
 
