@@ -5,13 +5,17 @@
   scale:   `train.py model=ease split=none` end to end at the competition's size (synthetic data
            written as a competition folder), cold and warm cache: wall, peak RSS, ranking and data
            seconds; beside it, run alternately in the same session, a plain numpy/scipy EASE.
+  catalogue: `train.py model=ease split=none` at 20k items (data=synthetic, 30,000 users, 1.2M rows):
+           tune on the popular items (the default, tune_items), one fit (tune=false), and the full
+           grid (tune_items=null): wall, peak RSS, tune seconds and the l2 each tune chose.
 
-    python benchmarks/bench_foundation.py [--quality] [--scale] [--repeats 3] [--work DIR]
+    python benchmarks/bench_foundation.py [--quality] [--scale] [--catalogue] [--repeats 3] [--work DIR]
                                           [--baseline /tmp/old]   # git worktree add /tmp/old <rev>
 """
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 from pathlib import Path
 
@@ -85,21 +89,48 @@ def scale(work: Path, repeats: int, baseline: Path | None = None) -> None:
                 print(f"recmovie / {t} ({kind}) wall-time ratio: {ratio:.2f}")
 
 
+def catalogue(work: Path) -> None:
+    """EASE at 20k items: the default tune against one fit and against the full grid (see above)."""
+    data = ["data=synthetic", "data.n_users=30000", "data.n_items=20000", "data.n_interactions=1200000",
+            "split=none", "model=ease", f"paths.cache_dir={work / 'cache-catalogue'}",
+            f"tracking.uri=sqlite:///{work / 'mlruns-catalogue' / 'mlflow.db'}"]
+    runs = [("tune, popular items (default)", []), ("one fit (tune=false)", ["tune=false"]),
+            ("tune, every item (tune_items=null)", ["tune_items=null"])]
+    print("\n## EASE at 20k items (data=synthetic, 30,000 users, 1.2M rows), split=none; the first run "
+          "builds the data cache\n")
+    print("| run | wall s | peak RSS MB | tune s | l2 chosen |\n|---|---|---|---|---|")
+    walls = {}
+    for name, extra in runs:
+        tag = name.split(" (")[0].replace(" ", "-").replace(",", "")
+        m = run_measured([str(REPO / "train.py"), *data, *extra, f"hydra.run.dir={work / 'runs' / tag}"], REPO,
+                         work / "logs" / f"catalogue-{tag}.log")
+        chose = re.search(r"tune: chose \{'l2': ([0-9.]+)\}.* in ([0-9.]+) s", m["stdout"])
+        walls[name] = m["wall"]
+        print(f"| {name} | {m['wall']:.1f} | {m['rss_mb']:.0f} | {chose.group(2) if chose else ''} | "
+              f"{chose.group(1) if chose else ''} |", flush=True)
+    one = walls["one fit (tune=false)"]
+    print(f"\ndefault tune / one fit: {walls['tune, popular items (default)'] / one:.2f}; "
+          f"full grid / one fit: {walls['tune, every item (tune_items=null)'] / one:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--scale", action="store_true")
+    ap.add_argument("--catalogue", action="store_true", help="EASE's tune at 20k items (about 15 minutes)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another recmovie checkout to alternate with (--scale), e.g. a git worktree of main")
     ap.add_argument("--work", type=Path, default=Path("/tmp/recmovie-bench"))
     a = ap.parse_args()
-    both = not (a.quality or a.scale)
+    both = not (a.quality or a.scale or a.catalogue)
     if a.quality or both:
         quality(a.work, a.models.split(","))
     if a.scale or both:
         scale(a.work, a.repeats, a.baseline)
+    if a.catalogue:
+        catalogue(a.work)
 
 
 if __name__ == "__main__":
