@@ -13,6 +13,11 @@ rows (`full_scores=true`, reloaded checkpoints) with the weights the candidate s
 Everything is scored on hidden.csv by the
 benchmark's scorer, with its standard error; nothing that selects sees hidden.csv.
 
+--slot-mix: after the table, the lists made of the LAST member's top s items, then the FIRST member's,
+for s = 0..5, scored on hidden.csv: what simply giving a sequential member (say SASRec, named last)
+a few places at the top of the best member's list (named first) trades between the last and the
+random part. A diagnostic of what is possible (it reads hidden.csv, so it selects nothing).
+
 --synthetic: the same two-stage run at the competition's size (data=synthetic: 31,360 users x 6,807
 items, 5.15M rows, every side file), which has no hidden truth: each step's seconds and the peak
 RSS of the process after it (monotonic, so the step where it rises is the one that set it).
@@ -44,6 +49,7 @@ def main() -> None:
                    help="also blend the members' full score rows (score_blend full_scores=true) with score_blend's weights")
     p.add_argument("--trials", type=int, default=100, help="optuna trials of the blends' weight search")
     p.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder (reused if given)")
+    p.add_argument("--slot-mix", action="store_true", help="the last member's top s, then the first member's (see above)")
     p.add_argument("rerank", nargs="*", help="extra ensemble.py overrides for the re-ranker (e.g. rerank.params.num_leaves=15)")
     args = p.parse_args()
 
@@ -123,6 +129,25 @@ def main() -> None:
               f"{h['recall']['random']:.4f} | {h['ndcg']['all']:.4f} | "
               f"{h['recall']['all'] / best['hidden']['recall']['all']:.3f} | {r['seconds']:.1f} |", flush=True)
     print(f"best member: {best['name']}; seconds: members = train(), ensembles = ensemble.py (search included)")
+    if args.slot_mix:
+        slot_mix(args, work, n_members)
+
+
+def slot_mix(args, work: Path, n_members: int) -> None:
+    """The last member's top s, then the first member's list, for s = 0..5 (module docstring)."""
+    import pandas as pd
+
+    runs = sorted((work / "runs").glob("[0-9]*-*"), key=lambda p: int(p.name.split("-")[0]))[:n_members]
+    first, last = (pd.read_csv(r / "candidates.csv").sort_values(["user", "rank"]) for r in (runs[0], runs[-1]))
+    print(f"\n| {runs[-1].name}'s top s, then {runs[0].name}'s | all | last | random |\n|---|---|---|---|")
+    for s in range(6):
+        head = last[last["rank"] <= s][["user", "item"]]
+        rest = first[["user", "item"]]
+        lists = pd.concat([head, rest]).drop_duplicates(["user", "item"]).groupby("user", sort=False).head(10)
+        out = work / f"slot-mix-{s}.csv"
+        lists.to_csv(out, index=False)
+        r = score(args.scorer, args.bench, out)["recall"]
+        print(f"| s = {s} | {r['all']:.4f} | {r['last']:.4f} | {r['random']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -286,7 +286,7 @@ def publish(cfg: DictConfig, m: Loaded, c: Combined, metrics: dict, fit_seconds:
         for name in ("submission.csv", "candidates.csv", "members.csv"):
             run.log_artifact(out_dir / name)
         if c.ranker is not None:
-            run.log_metrics({"ranker_rounds": c.ranker.rounds, "val_ranker_ndcg": c.ranker.val_ndcg})
+            run.log_metrics({"ranker_rounds": float(np.mean(c.ranker.rounds)), "val_ranker_ndcg": c.ranker.val_ndcg})
             for path in save_ranker(c.ranker, out_dir / "ranker"):
                 run.log_artifact(path, "ranker")
         if c.fallback:

@@ -136,17 +136,33 @@ def labels(pool: Pool, data: PreparedData) -> np.ndarray:
 
 @dataclass
 class Ranker:
-    booster: object  # lightgbm.Booster
+    boosters: list  # lightgbm.Booster, one per fold of the validation users
+    rounds: list[int]  # each booster's best round
+    held: list[np.ndarray]  # each booster's held-out validation users (dense ids): its early stopping
     names: list[str]
-    val_ndcg: float
-    rounds: int
-    held_users: np.ndarray  # the validation users early stopping held out (dense ids)
+    val_ndcg: float  # the boosters' held-out NDCG@k, averaged
+
+    @property
+    def held_users(self) -> np.ndarray:
+        """Every validation user some booster held out (all of them with several folds)."""
+        return np.unique(np.concatenate(self.held))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.booster.predict(x, num_iteration=self.rounds)
+        """The boosters' scores, averaged."""
+        return np.mean([b.predict(x, num_iteration=r) for b, r in zip(self.boosters, self.rounds)], axis=0)
+
+    def out_of_fold(self, x: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """`predict`, except that each held-out user's rows are scored by the booster that held the
+        user out (never trained on them): what the guard judges."""
+        values = self.predict(x)
+        for booster, rounds, held in zip(self.boosters, self.rounds, self.held):
+            rows = np.isin(users, held)
+            if rows.any():
+                values[rows] = booster.predict(x[rows], num_iteration=rounds)
+        return values
 
     def importances(self) -> dict[str, float]:
-        gain = self.booster.feature_importance("gain", iteration=self.rounds)
+        gain = np.sum([b.feature_importance("gain", iteration=r) for b, r in zip(self.boosters, self.rounds)], axis=0)
         return dict(zip(self.names, (float(v) for v in gain)))
 
 
@@ -167,44 +183,57 @@ def round_report(total: int, every: int = 50):
     return report
 
 
+def held_out_folds(users: np.ndarray, cfg) -> list[np.ndarray]:
+    """The validation users each booster holds out: one random `valid_share` of them, or, with
+    `folds` > 1, every user in exactly one of `folds` random parts."""
+    folds = int(cfg.get("folds", 1))
+    if folds <= 1:
+        return [held_out_users(users, float(cfg["valid_share"]), int(cfg["seed"]))]
+    ids = np.random.default_rng(int(cfg["seed"])).permutation(np.unique(users))
+    return [np.sort(ids[f::folds]) for f in range(folds)]
+
+
 def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str], cfg) -> Ranker:
-    """LambdaRank on the validation users' candidates; a random `valid_share` of the users is held
-    out for early stopping (NDCG@k) and for the validation figure. Users with no hidden item among
-    their candidates teach a ranker nothing and are left out of both LightGBM sets."""
+    """LambdaRank on the validation users' candidates, one booster per set of held-out users
+    (`held_out_folds`), each early-stopped (NDCG@k) on the users it holds out; the boosters'
+    scores are averaged. Users with no hidden item among their candidates teach a ranker nothing
+    and are left out of every LightGBM set."""
     try:
         import lightgbm as lgb
     except ImportError:
         raise ConfigError("method", "rerank needs lightgbm: pip install lightgbm") from None
-    ids = np.unique(users)
-    held = np.zeros(int(users.max(initial=0)) + 1, bool)
-    held[held_out_users(users, float(cfg["valid_share"]), int(cfg["seed"]))] = True
-    positives = np.bincount(users, weights=y, minlength=len(held))
+    positives = np.bincount(users, weights=y, minlength=int(users.max(initial=0)) + 1)
     useful = positives[users] > 0
-    for name, mask in (("training", useful & ~held[users]), ("held-out", useful & held[users])):
-        if len(np.unique(users[mask])) < 5:
-            raise ConfigError("method", f"rerank: only {len(np.unique(users[mask]))} {name} validation users have a "
-                              "hidden item among the candidates; raise top_n, add members or validation users")
-
-    def dataset(mask, reference=None):
-        # rows are grouped by user already (the pool is sorted by user, then item)
-        _, counts = np.unique(users[mask], return_counts=True)
-        return lgb.Dataset(x[mask], y[mask], group=counts, feature_name=names, reference=reference,
-                           free_raw_data=False)
-
-    train = dataset(useful & ~held[users])
-    valid = dataset(useful & held[users], train)
     k = int(cfg["k"])
     params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [k], "verbosity": -1, "seed": int(cfg["seed"]),
               "deterministic": True, "force_col_wise": True, "num_threads": int(cfg["threads"]), **dict(cfg["params"])}
-    evals: dict = {}
-    booster = lgb.train(params, train, num_boost_round=int(cfg["rounds"]), valid_sets=[valid], valid_names=["valid"],
-                        callbacks=[lgb.early_stopping(int(cfg["patience"]), verbose=False), lgb.record_evaluation(evals),
-                                   round_report(int(cfg["rounds"]))])
-    rounds = booster.best_iteration or booster.current_iteration()
-    curve = evals["valid"][f"ndcg@{k}"]
-    log.info("ranker: %d rounds (best of %d), held-out NDCG@%d %.4f, %d validation users, %d of them held out",
-             rounds, len(curve), k, curve[rounds - 1], len(ids), int(held[ids].sum()))
-    return Ranker(booster, names, float(curve[rounds - 1]), int(rounds), np.flatnonzero(held))
+    boosters, rounds, ndcgs, helds = [], [], [], held_out_folds(users, cfg)
+    for held in helds:
+        in_held = np.isin(users, held)
+        for name, mask in (("training", useful & ~in_held), ("held-out", useful & in_held)):
+            if len(np.unique(users[mask])) < 5:
+                raise ConfigError("method", f"rerank: only {len(np.unique(users[mask]))} {name} validation users "
+                                  "have a hidden item among the candidates; raise top_n, add members or validation users")
+
+        def dataset(mask, reference=None):
+            # rows are grouped by user already (the pool is sorted by user, then item)
+            _, counts = np.unique(users[mask], return_counts=True)
+            return lgb.Dataset(x[mask], y[mask], group=counts, feature_name=names, reference=reference,
+                               free_raw_data=False)
+
+        train = dataset(useful & ~in_held)
+        evals: dict = {}
+        booster = lgb.train(params, train, num_boost_round=int(cfg["rounds"]),
+                            valid_sets=[dataset(useful & in_held, train)], valid_names=["valid"],
+                            callbacks=[lgb.early_stopping(int(cfg["patience"]), verbose=False),
+                                       lgb.record_evaluation(evals), round_report(int(cfg["rounds"]))])
+        best = booster.best_iteration or booster.current_iteration()
+        curve = evals["valid"][f"ndcg@{k}"]
+        log.info("ranker %d/%d: %d rounds (best of %d), held-out NDCG@%d %.4f on %d of %d validation users",
+                 len(boosters) + 1, len(helds), best, len(curve), k, curve[best - 1], len(held),
+                 len(np.unique(users)))
+        boosters.append(booster), rounds.append(int(best)), ndcgs.append(float(curve[best - 1]))
+    return Ranker(boosters, rounds, helds, names, float(np.mean(ndcgs)))
 
 
 def fit_ranker_on(val_pool: Pool, val_data: PreparedData, pool: Pool, data: PreparedData, cfg, k: int
@@ -214,11 +243,15 @@ def fit_ranker_on(val_pool: Pool, val_data: PreparedData, pool: Pool, data: Prep
     r = OmegaConf.to_container(cfg, resolve=True)
     knobs = dict(recent_share=float(r["recent_share"]), window_days=float(r["window_days"]),
                  sequence_window=int(r["sequence_window"]), recent_items=int(r["recent_items"]))
-    x_val = pair_features(val_pool, val_data, **knobs)
-    ranker = fit_ranker(x_val, labels(val_pool, val_data), val_pool.users, feature_names(val_pool.ranks.shape[1]),
-                        {**r, "k": k})
-    fused = ranker.predict(pair_features(pool, data, **knobs))
-    return ranker, ranker.predict(x_val), fused
+    names = feature_names(val_pool.ranks.shape[1])
+    unknown = sorted(set(r.get("exclude") or []) - set(names))
+    if unknown:
+        raise ConfigError("rerank.exclude", f"unknown features {unknown}; features: {', '.join(names)}")
+    cols = [j for j, name in enumerate(names) if name not in set(r.get("exclude") or [])]
+    x_val = pair_features(val_pool, val_data, **knobs)[:, cols]
+    ranker = fit_ranker(x_val, labels(val_pool, val_data), val_pool.users, [names[j] for j in cols], {**r, "k": k})
+    fused = ranker.predict(pair_features(pool, data, **knobs)[:, cols])
+    return ranker, ranker.out_of_fold(x_val, val_pool.users), fused
 
 
 def check_rerank_config(r) -> None:
@@ -228,6 +261,7 @@ def check_rerank_config(r) -> None:
                           ("sequence_window", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
                           ("recent_items", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
                           ("valid_share", lambda v: 0 < v < 1, "a number in (0, 1)"),
+                          ("folds", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
                           ("rounds", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
                           ("patience", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
                           ("threads", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
@@ -238,7 +272,8 @@ def check_rerank_config(r) -> None:
 
 
 def save_ranker(ranker: Ranker, folder: Path) -> list[Path]:
-    """The model (LightGBM's text format), its feature importances (csv) and their plot (png)."""
+    """The boosters (LightGBM's text format; ranker-<fold>.txt with several folds), the feature
+    importances summed over them (csv) and their plot (png)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,8 +281,10 @@ def save_ranker(ranker: Ranker, folder: Path) -> list[Path]:
     import pandas as pd
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = folder / "ranker.txt"
-    ranker.booster.save_model(str(model), num_iteration=ranker.rounds)
+    models = [folder / (f"ranker-{f}.txt" if len(ranker.boosters) > 1 else "ranker.txt")
+              for f in range(len(ranker.boosters))]
+    for booster, rounds, path in zip(ranker.boosters, ranker.rounds, models):
+        booster.save_model(str(path), num_iteration=rounds)
     imp = pd.Series(ranker.importances()).sort_values()
     table = folder / "feature_importances.csv"
     imp.rename("gain").rename_axis("feature").reset_index().iloc[::-1].to_csv(table, index=False)
@@ -259,4 +296,4 @@ def save_ranker(ranker: Ranker, folder: Path) -> list[Path]:
     plot = folder / "feature_importances.png"
     fig.savefig(plot, dpi=100)
     plt.close(fig)
-    return [model, table, plot]
+    return [*models, table, plot]

@@ -96,7 +96,8 @@ def test_rerank_end_to_end_logs_the_ranker_and_refuses_weights(members, tmp_path
     assert recall > 0.8 * best  # learned from a few hundred validation users: near its members, not exact
     assert run.data.metrics["ranker_rounds"] >= 1 and 0 < run.data.metrics["val_recall_at_10"] < 1
     ranker = {a.path for a in client.list_artifacts(run.info.run_id, "ranker")}
-    assert ranker == {"ranker/ranker.txt", "ranker/feature_importances.csv", "ranker/feature_importances.png"}
+    boosters = {f"ranker/ranker-{f}.txt" for f in range(5)}  # rerank.folds, 5
+    assert ranker == {*boosters, "ranker/feature_importances.csv", "ranker/feature_importances.png"}
     importances = pd.read_csv(f"{cfg.paths.output_dir}/ranker/feature_importances.csv")
     assert {"m0_rank", "m2_score", "item_at_user_time", "genre_share"} <= set(importances.feature)
     sub = pd.read_csv(f"{cfg.paths.output_dir}/submission.csv")
@@ -113,3 +114,26 @@ def test_rerank_end_to_end_logs_the_ranker_and_refuses_weights(members, tmp_path
         run_ensemble(ensemble_config(tmp_path / "w", members, [runs, "method=rerank", "weights=[1,1,1]"]))
     with pytest.raises(ConfigError, match=r"`rerank.valid_share`: must be a number in \(0, 1\)"):
         run_ensemble(ensemble_config(tmp_path / "v", members, [runs, "method=rerank", "rerank.valid_share=1.5"]))
+
+
+def test_folded_rankers_hold_out_every_user_once_and_the_guard_sees_each_by_the_booster_that_held_it():
+    from recmovie.ensemble.rerank import fit_ranker
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(60), 20)  # 60 users x 20 candidates, grouped by user
+    x = rng.normal(size=(len(users), 3)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * rng.normal(size=len(users)) > 1.0).astype(np.int32)  # the first feature tells
+    cfg = {"folds": 3, "valid_share": 0.2, "seed": 1, "k": 5, "threads": 1, "rounds": 30, "patience": 10,
+           "params": {"num_leaves": 3, "min_data_in_leaf": 5}}
+    ranker = fit_ranker(x, y, users, ["a", "b", "c"], cfg)
+    assert len(ranker.boosters) == 3 and sorted(np.concatenate(ranker.held).tolist()) == list(range(60))
+    assert np.array_equal(ranker.held_users, np.arange(60))
+    oof = ranker.out_of_fold(x, users)
+    for booster, rounds, held in zip(ranker.boosters, ranker.rounds, ranker.held):
+        rows = np.isin(users, held)
+        assert np.allclose(oof[rows], booster.predict(x[rows], num_iteration=rounds))
+    together = np.mean([b.predict(x, num_iteration=r) for b, r in zip(ranker.boosters, ranker.rounds)], axis=0)
+    assert np.allclose(ranker.predict(x), together) and not np.allclose(oof, together)
+    assert ranker.importances()["a"] > ranker.importances()["c"]
+    single = fit_ranker(x, y, users, ["a", "b", "c"], {**cfg, "folds": 1})
+    assert len(single.boosters) == 1 and len(single.held_users) == 12  # valid_share of 60
