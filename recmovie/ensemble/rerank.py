@@ -154,11 +154,13 @@ class Ranker:
     def out_of_fold(self, x: np.ndarray, users: np.ndarray) -> np.ndarray:
         """`predict`, except that each held-out user's rows are scored by the booster that held the
         user out (never trained on them): what the guard judges."""
-        values = self.predict(x)
+        values, covered = np.zeros(len(x)), np.zeros(len(x), bool)
         for booster, rounds, held in zip(self.boosters, self.rounds, self.held):
             rows = np.isin(users, held)
             if rows.any():
-                values[rows] = booster.predict(x[rows], num_iteration=rounds)
+                values[rows], covered[rows] = booster.predict(x[rows], num_iteration=rounds), True
+        if not covered.all():
+            values[~covered] = self.predict(x[~covered])
         return values
 
     def importances(self) -> dict[str, float]:
