@@ -92,11 +92,11 @@ def validation_ranking(model: Recommender, fit_data: PreparedData, cfg: DictConf
                        users: np.ndarray | None = None) -> tuple[TopK, float]:
     """The validation users' (or the given ones') top `depth` by `model` (fitted on the fit part),
     and their Recall@k."""
-    users = np.unique(fit_data.holdout.user).astype(np.int64) if users is None else users
+    hidden = fit_data.holdout if users is None else fit_data.holdout.of_users(users)
+    users = np.unique(hidden.user).astype(np.int64) if users is None else users
     k = int(cfg.eval.k)
     top = rank(model, fit_data, k=depth, chunk_size=int(cfg.eval.chunk_size), users=users,
                item_filter=release_year_filter(cfg.get("filter"), fit_data))
-    hidden = fit_data.holdout.of_users(users)
     return top, evaluate(top.items, top.users, hidden, fit_data.n_users, k)[f"recall_at_{k}"]
 
 

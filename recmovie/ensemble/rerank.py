@@ -217,20 +217,21 @@ def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str]
     k = int(cfg["k"])
     params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [k], "verbosity": -1, "seed": int(cfg["seed"]),
               "deterministic": True, "force_col_wise": True, "num_threads": int(cfg["threads"]), **dict(cfg["params"])}
+
+    def dataset(mask, reference=None):
+        # rows are grouped by user already (the pool is sorted by user, then item)
+        _, counts = np.unique(users[mask], return_counts=True)
+        return lgb.Dataset(x[mask], y[mask], group=counts, feature_name=names, reference=reference,
+                           free_raw_data=False)
+
     boosters, rounds, ndcgs, helds = [], [], [], held_out_folds(users, cfg)
+    n_users = len(np.unique(users))
     for held in helds:
         in_held = np.isin(users, held)
         for name, mask in (("training", useful & ~in_held), ("held-out", useful & in_held)):
             if len(np.unique(users[mask])) < 5:
                 raise ConfigError("method", f"rerank: only {len(np.unique(users[mask]))} {name} validation users "
                                   "have a hidden item among the candidates; raise top_n, add members or validation users")
-
-        def dataset(mask, reference=None):
-            # rows are grouped by user already (the pool is sorted by user, then item)
-            _, counts = np.unique(users[mask], return_counts=True)
-            return lgb.Dataset(x[mask], y[mask], group=counts, feature_name=names, reference=reference,
-                               free_raw_data=False)
-
         train = dataset(useful & ~in_held)
         evals: dict = {}
         booster = lgb.train(params, train, num_boost_round=int(cfg["rounds"]),
@@ -240,8 +241,7 @@ def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str]
         best = booster.best_iteration or booster.current_iteration()
         curve = evals["valid"][f"ndcg@{k}"]
         log.info("ranker %d/%d: %d rounds (best of %d), held-out NDCG@%d %.4f on %d of %d validation users",
-                 len(boosters) + 1, len(helds), best, len(curve), k, curve[best - 1], len(held),
-                 len(np.unique(users)))
+                 len(boosters) + 1, len(helds), best, len(curve), k, curve[best - 1], len(held), n_users)
         boosters.append(booster), rounds.append(int(best)), ndcgs.append(float(curve[best - 1]))
     return Ranker(boosters, rounds, helds, names, float(np.mean(ndcgs)))
 
@@ -254,10 +254,11 @@ def fit_ranker_on(val_pool: Pool, val_data: PreparedData, pool: Pool, data: Prep
     knobs = dict(recent_share=float(r["recent_share"]), window_days=float(r["window_days"]),
                  sequence_window=int(r["sequence_window"]), recent_items=int(r["recent_items"]))
     names = feature_names(val_pool.ranks.shape[1])
-    unknown = sorted(set(r.get("exclude") or []) - set(names))
-    if unknown:
-        raise ConfigError("rerank.exclude", f"unknown features {unknown}; features: {', '.join(names)}")
-    cols = [j for j, name in enumerate(names) if name not in set(r.get("exclude") or [])]
+    exclude = set(r.get("exclude") or [])
+    if exclude - set(names):
+        raise ConfigError("rerank.exclude",
+                          f"unknown features {sorted(exclude - set(names))}; features: {', '.join(names)}")
+    cols = [j for j, name in enumerate(names) if name not in exclude]
     x_val = pair_features(val_pool, val_data, **knobs)[:, cols]
     ranker = fit_ranker(x_val, labels(val_pool, val_data), val_pool.users, [names[j] for j in cols], {**r, "k": k})
     fused = ranker.predict(pair_features(pool, data, **knobs)[:, cols])
