@@ -3,8 +3,8 @@
   quality: the foundation models' DEFAULT configs on the ml-100k black-box benchmark
            (train.py split=none on its input/, scored by the benchmark's own scorer);
   scale:   `train.py model=ease split=none` end to end at the competition's size (synthetic data
-           written as a competition folder), cold and warm cache: wall, peak RSS, ranking and data
-           seconds; beside it, run alternately in the same session, a plain numpy/scipy EASE.
+           written as a competition folder), cold and warm cache, and warm with tune=false: wall,
+           peak RSS, ranking and data seconds; beside it, run alternately in the same session, a plain numpy/scipy EASE.
   catalogue: `train.py model=ease split=none` at 20k items (data=synthetic, 30,000 users, 1.2M rows):
            tune on the popular items (the default, tune_items), one fit (tune=false), and the full
            grid (tune_items=null): wall, peak RSS, tune seconds and the l2 each tune chose.
@@ -54,17 +54,18 @@ def scale(work: Path, repeats: int, baseline: Path | None = None) -> None:
     `baseline`, with another checkout of recmovie, e.g. `git worktree add /tmp/old <rev>`)."""
     folder = synthetic_folder(work)
     trees = {"recmovie": REPO, **({f"baseline ({baseline})": baseline} if baseline else {})}
-    rows: dict[str, list[dict]] = {f"{t}, {kind} cache": [] for t in trees for kind in ("cold", "warm")}
+    kinds = {"cold cache": [], "warm cache": [], "warm cache, tune=false": ["tune=false"]}
+    rows: dict[str, list[dict]] = {f"{t}, {kind}": [] for t in trees for kind in kinds}
     rows["reference"] = []
     for r in range(repeats):
         for t, repo in trees.items():
             cache = work / f"cache-{repo.name}-{r}"
             shutil.rmtree(cache, ignore_errors=True)
-            for kind in ("cold", "warm"):
-                name = f"ease-{repo.name}-{kind}-{r}"
-                m = run_measured(train_args(work, name, folder, "model=ease", cache=cache, repo=repo), repo,
+            for kind, extra in kinds.items():
+                name = f"ease-{repo.name}-{kind.split()[0]}{'-notune' if extra else ''}-{r}"
+                m = run_measured(train_args(work, name, folder, "model=ease", *extra, cache=cache, repo=repo), repo,
                                  work / "logs" / f"{name}.log")
-                rows[f"{t}, {kind} cache"].append({**m, **timings(m["stdout"])})
+                rows[f"{t}, {kind}"].append({**m, **timings(m["stdout"])})
         m = run_measured([str(REPO / "benchmarks" / "reference_ease.py"), str(folder), str(work / "reference.csv")],
                          REPO, work / "logs" / f"reference-{r}.log")
         rows["reference"].append(m)
@@ -82,10 +83,11 @@ def scale(work: Path, repeats: int, baseline: Path | None = None) -> None:
                   f"{med(kind, 'fit_seconds'):.2f} | {med(kind, 'predict_seconds'):.2f} |")
     print(f"| plain numpy/scipy EASE | {med('reference', 'wall'):.1f} | {med('reference', 'rss_mb'):.0f} | | | |\n")
     for t in trees:
-        print(f"reference / {t} (cold) wall-time ratio: {med('reference', 'wall') / med(f'{t}, cold cache', 'wall'):.2f}")
+        for kind in kinds:
+            print(f"{t} ({kind}) / plain wall-time ratio: {med(f'{t}, {kind}', 'wall') / med('reference', 'wall'):.2f}")
         if t != "recmovie":
-            for kind in ("cold", "warm"):
-                ratio = med(f"recmovie, {kind} cache", "wall") / med(f"{t}, {kind} cache", "wall")
+            for kind in kinds:
+                ratio = med(f"recmovie, {kind}", "wall") / med(f"{t}, {kind}", "wall")
                 print(f"recmovie / {t} ({kind}) wall-time ratio: {ratio:.2f}")
 
 
