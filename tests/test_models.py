@@ -11,7 +11,7 @@ from recmovie.evaluation.ranking import rank
 from recmovie.models.baselines import GenreRule, Popularity
 from recmovie.models.linear import EASE
 from recmovie.models.neighbourhood import ItemKNN
-from recmovie.models.ops import TILE_WIDTH
+from recmovie.models.ops import TILE_WIDTH, column_tiles
 from recmovie.schema import Schema
 
 
@@ -77,3 +77,15 @@ def test_item_item_scores_equal_the_dense_product(data):
     batch.values = torch.from_numpy(rng.uniform(0.5, 2.0, len(batch.values)).astype(np.float32))
     expected = batch.dense().double() @ model.B.double()
     assert torch.allclose(model.score(batch).double(), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_column_tiles_start_on_a_cache_line_and_hold_the_matrix():
+    # past malloc's mmap threshold (128 KB), where numpy's own arrays start 16 bytes past a page
+    m = torch.arange(300 * 250, dtype=torch.float32).reshape(300, 250)
+    tiles = column_tiles(m)
+    assert tiles.ctypes.data % 64 == 0
+    assert tiles.shape == (-(-250 // TILE_WIDTH), 300, TILE_WIDTH)
+    for t in range(tiles.shape[0]):
+        width = min(TILE_WIDTH, 250 - t * TILE_WIDTH)
+        assert np.array_equal(tiles[t, :, :width], m[:, t * TILE_WIDTH:t * TILE_WIDTH + width].numpy())
+        assert not tiles[t, :, width:].any()

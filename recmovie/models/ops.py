@@ -104,11 +104,22 @@ def _fill_tiles(m, tiles):  # pragma: no cover - numba
                 tiles[t, j, c] = 0.0
 
 
+def cache_aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
+    """An uninitialised float32 array whose first element starts a cache line. A large numpy
+    array starts 16 bytes past a page (malloc's header), so each 192-byte tile row would straddle
+    four cache lines instead of three: the history kernel, bound by the lines it reads, runs about
+    10% faster on aligned tiles (benchmarks/RESULTS.md#cost)."""
+    n = int(np.prod(shape))
+    buffer = np.empty(n + align // 4, np.float32)
+    start = (-buffer.ctypes.data % align) // 4
+    return buffer[start:start + n].reshape(shape)
+
+
 def column_tiles(matrix: torch.Tensor) -> np.ndarray:
     """The columns of an items x items float32 matrix as [n_tiles, items, width] blocks (the last
-    one zero-padded), the layout `history_times` reads."""
+    one zero-padded), cache-line aligned: the layout `history_times` reads."""
     m = np.ascontiguousarray(matrix.detach().cpu().numpy(), dtype=np.float32)
-    tiles = np.empty((-(-m.shape[1] // TILE_WIDTH), m.shape[0], TILE_WIDTH), np.float32)
+    tiles = cache_aligned_empty((-(-m.shape[1] // TILE_WIDTH), m.shape[0], TILE_WIDTH))
     _fill_tiles(m, tiles)
     return tiles
 
