@@ -4,7 +4,8 @@
            (train.py split=none on its input/, scored by the benchmark's own scorer);
   scale:   `train.py model=ease split=none` end to end at the competition's size (synthetic data
            written as a competition folder), cold and warm cache, and warm with tune=false: wall,
-           peak RSS, ranking and data seconds; beside it, run alternately in the same session, a plain numpy/scipy EASE.
+           peak RSS, ranking and data seconds; beside it, run alternately in the same session, a
+           plain numpy/scipy EASE.
   catalogue: `train.py model=ease split=none` at 20k items (data=synthetic, 30,000 users, 1.2M rows):
            tune on the popular items (the default, tune_items), one fit (tune=false), and the full
            grid (tune_items=null): wall, peak RSS, tune seconds and the l2 each tune chose.
