@@ -158,15 +158,26 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
     if ranker is None:
         c.search.update({f"val_search_recall_at_{k}": best, "search_trials": trials})
     c.search.update(val_pool_recall=pool_recall(val_pool, m.val_data), pool_recall=pool_recall(pool, m.data))
-    c.lines = pool_lines(c.search) + [verdict.line(cfg.method, k)]
+    names = member_names(m.members)
+    c.lines = pool_lines(c.search) + [verdict.line(cfg.method, k, names)]
     if not verdict.passed and fallback:
         run = m.members[verdict.best]
         c.fallback = f"{run.info.run_id} ({model_of(run)})"
-        c.lines.append(f"fallback: submitting member {verdict.best}'s own list ({c.fallback}); "
+        c.lines.append(f"fallback: submitting {names[verdict.best]}'s own list (run {run.info.run_id}); "
                        f"{'rerank' if cfg.method == 'rerank' else 'search'}.fallback=false submits the combination")
         fused = -pool.ranks[:, verdict.best]
     c.topk, c.filled = ranked_lists(pool, fused, m.data, depth, k)
     return c
+
+
+def member_name(model: str, run_id: str) -> str:
+    """How the summary names a member: its model and the start of its run id."""
+    return f"{model} {run_id[:8]}"
+
+
+def member_names(members: list) -> list[str]:
+    """The members' names, in member order."""
+    return [member_name(model_of(r), r.info.run_id) for r in members]
 
 
 def with_holdout(data: PreparedData, users: np.ndarray) -> PreparedData:
@@ -206,10 +217,11 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
             run = m.members[verdict.best]
             weights = np.eye(len(models))[verdict.best]  # the member's own order: its scores alone
             c = Combined(None, weights, search, fallback=f"{run.info.run_id} ({model_of(run)})")
-            c.lines = [verdict.line("full-score blend", k), f"fallback: submitting member {verdict.best}'s own "
-                       f"ranking ({c.fallback}); search.fallback=false submits the blend"]
+            names = member_names(m.members)
+            c.lines = [verdict.line("full-score blend", k, names), f"fallback: submitting {names[verdict.best]}'s own "
+                       f"ranking (run {run.info.run_id}); search.fallback=false submits the blend"]
         else:
-            c = Combined(None, weights, search, lines=[verdict.line("full-score blend", k)])
+            c = Combined(None, weights, search, lines=[verdict.line("full-score blend", k, member_names(m.members))])
     else:
         c = Combined(None, weights)
     c.topk = rank(ScoreBlend(models, c.weights), m.data, k=int(cfg.candidates.n), chunk_size=chunk,
@@ -301,7 +313,7 @@ def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int,
     lines = [f"ensemble {cfg.method} of {len(table)} runs, top_n {cfg.top_n}", head]
     for row in table.itertuples(index=False):
         vals = " ".join(f"{getattr(row, c):>7.4f}" for c in cols)
-        lines.append(f"  {row.model + ' ' + row.run_id[:8]:<24} {row.weight:>7.3f} {vals}")
+        lines.append(f"  {member_name(row.model, row.run_id):<24} {row.weight:>7.3f} {vals}")
     if metrics:
         lines.append(f"  {'ensemble':<24} {'':>7} " + " ".join(f"{metrics.get(c, np.nan):>7.4f}" for c in cols))
     else:

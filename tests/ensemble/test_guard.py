@@ -43,3 +43,4 @@ def test_the_verdict_compares_the_combination_with_the_best_member_per_user():
     better = judge(pool, hit, data, users, k=1)
     assert better.combined == 1.0 and better.margin == 0.25 and better.passed is False  # one user of four: se 0.25
     assert "not better than the best member" in better.line("rrf", 1)
+    assert "best member's (ease 0123abcd) 0.7500" in better.line("rrf", 1, ["ease 0123abcd", "als 4567ef01"])
