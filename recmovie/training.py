@@ -16,6 +16,7 @@ import inspect
 import logging
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -31,6 +32,9 @@ from recmovie.errors import ConfigError
 from recmovie.models.lightning import LitRecommender, selection_metric
 
 log = logging.getLogger(__name__)
+# Lightning's own calls into torch's pytree (pytorch_lightning/utilities/_pytree.py), deprecated by
+# torch: nothing a user of recmovie can act on, printed on every run
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 # set here, not by `trainer.*`: they come from the callbacks group and the run
 OWNED_KEYS = ("logger", "callbacks")

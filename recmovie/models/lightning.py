@@ -82,7 +82,8 @@ class LitRecommender(Recommender, pl.LightningModule):
         trainer = self.trainer
         if self._train_rows and (trainer.is_last_batch or batch_idx + 1 >= trainer.num_training_batches):
             for key, total in self._train_sums.items():
-                self.log(f"train_{key}", total / self._train_rows, on_epoch=True, on_step=False)
+                # one value an epoch, already a mean: batch_size=1 keeps Lightning from guessing one from the batch
+                self.log(f"train_{key}", total / self._train_rows, on_epoch=True, on_step=False, batch_size=1)
             self._train_sums, self._train_rows = {}, 0
 
     # -- validation: the ranking engine's top-k, the competition metric at epoch end
