@@ -26,7 +26,7 @@ from recmovie.ensemble.members import (
     check_members, find_members, member_lists, member_models, member_table, member_weights, members_data,
 )
 from recmovie.ensemble.guard import compare, held_out_users, judge, pool_recall, verdict_metrics
-from recmovie.ensemble.pool import build_pool, ranked_lists
+from recmovie.ensemble.pool import Pool, build_pool, ranked_lists
 from recmovie.ensemble.rerank import Ranker, check_rerank_config, fit_ranker_on, save_ranker
 from recmovie.ensemble.search import check_search_config, search_weights
 from recmovie.errors import ConfigError
@@ -102,6 +102,14 @@ def load(cfg: DictConfig) -> Loaded:
                                    "split@validation=competition to learn from it")
         if not cfg.get("full_scores"):  # full scores: the members' models instead
             loaded.val_lists = member_lists(uri, members, loaded.val_data, top_n, validation=True, key=key)
+    elif not cfg.get("full_scores") and data.val_mask is not None and data.val_mask.any():
+        # nothing is learned, but the summary still says how the given weights do against each member
+        # on the validation users, where the members' validation candidates allow it
+        try:
+            loaded.val_lists = member_lists(uri, members, data.fit_part(), top_n, validation=True)
+            loaded.val_data = data.fit_part()
+        except ConfigError as e:
+            log.info("the combination is not judged on validation: %s", e)
     return loaded
 
 
@@ -139,7 +147,10 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
     pool = build_pool(m.lists, m.data.n_items, top_n)
     if not learns(cfg):
         topk, filled = ranked_lists(pool, fuse(pool, cfg.method, m.weights, float(cfg.rrf_k)), m.data, depth, k)
-        return Combined(topk, m.weights, filled=filled)
+        c = Combined(topk, m.weights, filled=filled)
+        if m.val_lists:
+            c.search, c.lines = fixed_weights_verdict(cfg, m, pool, k)
+        return c
     val_pool = build_pool(m.val_lists, m.data.n_items, top_n)
     if cfg.method == "rerank":
         ranker, val_values, fused = fit_ranker_on(val_pool, m.val_data, pool, m.data, cfg.rerank, k)
@@ -168,6 +179,22 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
         fused = -pool.ranks[:, verdict.best]
     c.topk, c.filled = ranked_lists(pool, fused, m.data, depth, k)
     return c
+
+
+def fixed_weights_verdict(cfg: DictConfig, m: Loaded, pool: Pool, k: int) -> tuple[dict, list[str]]:
+    """Given weights, judged on every validation user (nothing learned from them) against each
+    member's own order: said on the summary, not acted on (the weights were the user's choice)."""
+    val_pool = build_pool(m.val_lists, m.data.n_items, pool.top_n)
+    values = fuse(val_pool, cfg.method, m.weights, float(cfg.rrf_k))
+    verdict = judge(val_pool, values, m.val_data, np.unique(val_pool.users), k)
+    names = member_names(m.members)
+    figures = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined,
+               "val_pool_recall": pool_recall(val_pool, m.val_data), "pool_recall": pool_recall(pool, m.data)}
+    lines = pool_lines(figures) + [verdict.line(f"{cfg.method} (weights given)", k, names)]
+    if not verdict.passed:
+        lines.append(f"  {names[verdict.best]} alone may do better: search.method=optuna searches the weights "
+                     f"(and falls back to the best member when the search does not beat it)")
+    return figures, lines
 
 
 def member_name(model: str, run_id: str) -> str:

@@ -17,7 +17,7 @@ from tests.conftest import REPO, make_config
 from tests.ensemble.helpers import ensemble_config
 
 
-def test_two_run_ensemble_end_to_end_through_mlflow(members, tmp_path):
+def test_two_run_ensemble_end_to_end_through_mlflow(members, tmp_path, capsys):
     ids = [members.ids["ease"], members.ids["itemknn"]]
     cfg = ensemble_config(tmp_path, members, [f"runs=[{ids[0]},{ids[1]}]", "method=rank_vote", "top_n=20",
                                               "weights={ease:2,itemknn:1}"])
@@ -37,6 +37,13 @@ def test_two_run_ensemble_end_to_end_through_mlflow(members, tmp_path):
     assert run.data.params["data_fingerprint"] == member_runs[0].data.params["data_fingerprint"]
     assert run.data.metrics["recall_at_10"] == pytest.approx(recall)
     assert recall > 0.5 * max(m.data.metrics["recall_at_10"] for m in member_runs)
+    # given weights, nothing learned: judged on every validation user against each member, said, not acted on
+    m = run.data.metrics
+    assert m["val_held_users"] > 0 and m["val_held_recall_at_10"] == m["val_recall_at_10"]
+    assert m["val_held_recall_at_10_best_member"] == max(m["val_held_recall_at_10_member0"],
+                                                          m["val_held_recall_at_10_member1"])
+    assert m["guard_passed"] == float(m["guard_margin"] > m["guard_se"]) and "fallback" not in run.data.tags
+    assert "guard: rank_vote (weights given) on" in capsys.readouterr().out
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"submission.csv", "candidates.csv", "members.csv", "config.yaml"} <= names
 
