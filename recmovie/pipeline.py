@@ -28,7 +28,7 @@ from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import ReleaseYearFilter, TopK, rank, release_year_filter
 from recmovie.models.base import Recommender, build_model, load_checkpoint, plain, save_checkpoint
-from recmovie.runs import get_run, run_file
+from recmovie.runs import get_run, model_of, run_file
 from recmovie.schema import Schema
 from recmovie.selection import Fitted, available_memory, checkpoint_dir, fit_mode, fit_model, tune_grid, tune_model
 from recmovie.submission import check_recommendable, write_submission
@@ -307,7 +307,10 @@ def reload(cfg: DictConfig) -> tuple[Recommender, DictConfig, PreparedData]:
     if cfg.run_id:
         uri = resolve_tracking_uri(cfg.tracking.uri)
         # read in place from a local store (a copy otherwise, removed once loaded)
-        with run_file(uri, get_run(uri, str(cfg.run_id)), "model/model.pt") as path:
+        run = get_run(uri, str(cfg.run_id))
+        hint = ("an ensemble keeps no model: its submission.csv is among the run's artifacts, and ensemble.py "
+                "combines its members again" if model_of(run) == "ensemble" else "")
+        with run_file(uri, run, "model/model.pt", hint=hint) as path:
             ckpt = load_checkpoint(path)
     else:
         ckpt = load_checkpoint(Path(cfg.checkpoint))

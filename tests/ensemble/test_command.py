@@ -12,6 +12,7 @@ from omegaconf import open_dict
 
 from recmovie.ensemble.command import run_ensemble
 from recmovie.errors import ConfigError
+from recmovie.pipeline import predict
 from recmovie.report import write_report
 from tests.conftest import REPO, make_config
 from tests.ensemble.helpers import ensemble_config
@@ -61,6 +62,13 @@ def test_two_run_ensemble_end_to_end_through_mlflow(members, tmp_path, capsys):
                      (c[(c.user == u) & (c["rank"] <= 20)] for c in member_cands))
         votes = {item: 2 * ease.get(item, 21) + knn.get(item, 21) for item in ease.keys() | knn.keys()}
         assert votes[first[u]] == min(votes.values())
+
+    # predict.py on an ensemble's run: refused by key, saying where its lists are
+    pcfg = make_config(tmp_path / "p", [f"run_id={run.info.run_id}"], config_name="predict")
+    with open_dict(pcfg):
+        pcfg.tracking.uri = members.cfg.tracking.uri
+    with pytest.raises(ConfigError, match="run_id.*an ensemble keeps no model"):
+        predict(pcfg)
 
     with pytest.raises(ConfigError, match="top_n.*saved only 50"):
         run_ensemble(ensemble_config(tmp_path, members, [f"runs=[{ids[0]},{ids[1]}]", "top_n=51"]))
