@@ -190,7 +190,8 @@ def fixed_weights_verdict(cfg: DictConfig, m: Loaded, pool: Pool, k: int) -> tup
     names = member_names(m.members)
     figures = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined,
                "val_pool_recall": pool_recall(val_pool, m.val_data), "pool_recall": pool_recall(pool, m.data)}
-    lines = pool_lines(figures) + [verdict.line(f"{cfg.method} (weights given)", k, names)]
+    lines = pool_lines(figures) + [verdict.line(f"{cfg.method} (weights given)", k, names, "validation users",
+                                                "better than the best member")]
     if not verdict.passed:
         lines.append(f"  {names[verdict.best]} alone may do better: search.method=optuna searches the weights "
                      f"(and falls back to the best member when the search does not beat it)")

@@ -48,11 +48,13 @@ class Verdict:
     def passed(self) -> bool:
         return self.margin > self.se
 
-    def line(self, name: str, k: int, members: list[str] | None = None) -> str:
-        """One line for the summary; `members` names them (else their index)."""
-        verdict = "kept" if self.passed else "not better than the best member by more than its standard error"
+    def line(self, name: str, k: int, members: list[str] | None = None, users: str = "held-out validation users",
+             passed: str = "kept") -> str:
+        """One line for the summary; `members` names them (else their index), `users` whom it was
+        judged on, `passed` what a pass means."""
+        verdict = passed if self.passed else "not better than the best member by more than its standard error"
         best = members[self.best] if members else f"member {self.best}"
-        return (f"guard: {name} on {self.users} held-out validation users: Recall@{k} {self.combined:.4f} against the "
+        return (f"guard: {name} on {self.users} {users}: Recall@{k} {self.combined:.4f} against the "
                 f"best member's ({best}) {self.members[self.best]:.4f}, difference "
                 f"{self.margin:+.4f} ± {self.se:.4f}: {verdict}")
 

@@ -44,7 +44,7 @@ def test_two_run_ensemble_end_to_end_through_mlflow(members, tmp_path, capsys):
     assert m["val_held_recall_at_10_best_member"] == max(m["val_held_recall_at_10_member0"],
                                                           m["val_held_recall_at_10_member1"])
     assert m["guard_passed"] == float(m["guard_margin"] > m["guard_se"]) and "fallback" not in run.data.tags
-    assert "guard: rank_vote (weights given) on" in capsys.readouterr().out
+    assert f"guard: rank_vote (weights given) on {m['val_held_users']:.0f} validation users:" in capsys.readouterr().out
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"submission.csv", "candidates.csv", "members.csv", "config.yaml"} <= names
 
