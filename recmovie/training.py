@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 # torch: nothing a user of recmovie can act on, printed on every run
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 # and its advertisement for a cloud logger, printed by every Trainer: runs here log to MLflow
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "try installing [litlogger]" not in r.getMessage())
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "try installing [litlogger]" not in record.getMessage())
 
 # set here, not by `trainer.*`: they come from the callbacks group and the run
 OWNED_KEYS = ("logger", "callbacks")

@@ -26,7 +26,7 @@ from recmovie.ensemble.members import (
     check_members, find_members, member_lists, member_models, member_table, member_weights, members_data,
 )
 from recmovie.ensemble.guard import compare, held_out_users, judge, pool_recall, verdict_metrics
-from recmovie.ensemble.pool import Pool, build_pool, ranked_lists
+from recmovie.ensemble.pool import build_pool, ranked_lists
 from recmovie.ensemble.rerank import Ranker, check_rerank_config, fit_ranker_on, save_ranker
 from recmovie.ensemble.search import check_search_config, search_weights
 from recmovie.errors import ConfigError
@@ -105,9 +105,10 @@ def load(cfg: DictConfig) -> Loaded:
     elif not cfg.get("full_scores") and data.val_mask is not None and data.val_mask.any():
         # nothing is learned, but the summary still says how the given weights do against each member
         # on the validation users, where the members' validation candidates allow it
+        val_data = data.fit_part()
         try:
-            loaded.val_lists = member_lists(uri, members, data.fit_part(), top_n, validation=True)
-            loaded.val_data = data.fit_part()
+            loaded.val_lists = member_lists(uri, members, val_data, top_n, validation=True)
+            loaded.val_data = val_data
         except ConfigError as e:
             log.info("the combination is not judged on validation: %s", e)
     return loaded
@@ -145,32 +146,40 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
         return full_score_blend(cfg, m)
     k, top_n, depth = int(cfg.eval.k), int(cfg.top_n), int(cfg.candidates.n)
     pool = build_pool(m.lists, m.data.n_items, top_n)
-    if not learns(cfg):
+    if not m.val_lists:  # nothing to learn from, nothing to judge on
         topk, filled = ranked_lists(pool, fuse(pool, cfg.method, m.weights, float(cfg.rrf_k)), m.data, depth, k)
-        c = Combined(topk, m.weights, filled=filled)
-        if m.val_lists:
-            c.search, c.lines = fixed_weights_verdict(cfg, m, pool, k)
-        return c
+        return Combined(topk, m.weights, filled=filled)
     val_pool = build_pool(m.val_lists, m.data.n_items, top_n)
+    ranker, searched = None, {}
     if cfg.method == "rerank":
         ranker, val_values, fused = fit_ranker_on(val_pool, m.val_data, pool, m.data, cfg.rerank, k)
         weights, held, fallback = np.ones(len(m.members)), ranker.held_users, bool(cfg.rerank.fallback)
-    else:
+    elif learns(cfg):
         held = held_out_users(val_pool.users, float(cfg.search.held_share), int(cfg.search.seed))
         learning = np.setdiff1d(np.unique(val_pool.users), held)
         objective = pool_objective(val_pool.subset(learning), with_holdout(m.val_data, learning), cfg.method,
                                    float(cfg.rrf_k), k)
         weights, best, trials = search_weights(objective, len(m.members), cfg.search)
+        searched = {f"val_search_recall_at_{k}": best, "search_trials": trials}
+        fallback = bool(cfg.search.fallback)
+    else:  # weights given: judged on every validation user (nothing learned from them), said, not acted on
+        weights, held, fallback = m.weights, np.unique(val_pool.users), False
+    if ranker is None:
         val_values = fuse(val_pool, cfg.method, weights, float(cfg.rrf_k))
         fused = fuse(pool, cfg.method, weights, float(cfg.rrf_k))
-        ranker, fallback = None, bool(cfg.search.fallback)
     verdict = judge(val_pool, val_values, m.val_data, held, k)
-    c = Combined(None, weights, {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined}, ranker)
-    if ranker is None:
-        c.search.update({f"val_search_recall_at_{k}": best, "search_trials": trials})
+    c = Combined(None, weights, {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined, **searched},
+                 ranker)
     c.search.update(val_pool_recall=pool_recall(val_pool, m.val_data), pool_recall=pool_recall(pool, m.data))
     names = member_names(m.members)
-    c.lines = pool_lines(c.search) + [verdict.line(cfg.method, k, names)]
+    if learns(cfg):
+        c.lines = pool_lines(c.search) + [verdict.line(cfg.method, k, names)]
+    else:
+        c.lines = pool_lines(c.search) + [verdict.line(f"{cfg.method} (weights given)", k, names, "validation users",
+                                                       "better than the best member")]
+        if not verdict.passed:
+            c.lines.append(f"  {names[verdict.best]} alone may do better: search.method=optuna searches the weights "
+                           f"(and falls back to the best member when the search does not beat it)")
     if not verdict.passed and fallback:
         run = m.members[verdict.best]
         c.fallback = f"{run.info.run_id} ({model_of(run)})"
@@ -179,23 +188,6 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
         fused = -pool.ranks[:, verdict.best]
     c.topk, c.filled = ranked_lists(pool, fused, m.data, depth, k)
     return c
-
-
-def fixed_weights_verdict(cfg: DictConfig, m: Loaded, pool: Pool, k: int) -> tuple[dict, list[str]]:
-    """Given weights, judged on every validation user (nothing learned from them) against each
-    member's own order: said on the summary, not acted on (the weights were the user's choice)."""
-    val_pool = build_pool(m.val_lists, m.data.n_items, pool.top_n)
-    values = fuse(val_pool, cfg.method, m.weights, float(cfg.rrf_k))
-    verdict = judge(val_pool, values, m.val_data, np.unique(val_pool.users), k)
-    names = member_names(m.members)
-    figures = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined,
-               "val_pool_recall": pool_recall(val_pool, m.val_data), "pool_recall": pool_recall(pool, m.data)}
-    lines = pool_lines(figures) + [verdict.line(f"{cfg.method} (weights given)", k, names, "validation users",
-                                                "better than the best member")]
-    if not verdict.passed:
-        lines.append(f"  {names[verdict.best]} alone may do better: search.method=optuna searches the weights "
-                     f"(and falls back to the best member when the search does not beat it)")
-    return figures, lines
 
 
 def member_name(model: str, run_id: str) -> str:
@@ -239,17 +231,17 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
         held = np.isin(users, held_out_users(users, float(cfg.search.held_share), int(cfg.search.seed)))
         weights, best, trials = search_weights(rows.objective(np.flatnonzero(~held), k), len(models), cfg.search)
         verdict = full_score_verdict(rows, weights, np.flatnonzero(held), k)
+        names = member_names(m.members)
         search = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined,
                   f"val_search_recall_at_{k}": best, "search_trials": trials}
         if not verdict.passed and bool(cfg.search.fallback):
             run = m.members[verdict.best]
             weights = np.eye(len(models))[verdict.best]  # the member's own order: its scores alone
             c = Combined(None, weights, search, fallback=f"{run.info.run_id} ({model_of(run)})")
-            names = member_names(m.members)
             c.lines = [verdict.line("full-score blend", k, names), f"fallback: submitting {names[verdict.best]}'s own "
                        f"ranking (run {run.info.run_id}); search.fallback=false submits the blend"]
         else:
-            c = Combined(None, weights, search, lines=[verdict.line("full-score blend", k, member_names(m.members))])
+            c = Combined(None, weights, search, lines=[verdict.line("full-score blend", k, names)])
     else:
         c = Combined(None, weights)
     c.topk = rank(ScoreBlend(models, c.weights), m.data, k=int(cfg.candidates.n), chunk_size=chunk,
