@@ -7,7 +7,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from recmovie.cli import prepare_command_line, run_cli
+from recmovie.cli import run_cli, run_script
 from recmovie.config import CONF_DIR
 
 
@@ -19,5 +19,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    prepare_command_line()
-    main()
+    run_script(main)

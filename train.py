@@ -9,7 +9,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from recmovie.cli import prepare_command_line, run_cli
+from recmovie.cli import run_cli, run_script
 from recmovie.config import CONF_DIR
 
 
@@ -21,5 +21,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    prepare_command_line()
-    main()
+    run_script(main)

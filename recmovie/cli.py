@@ -1,6 +1,7 @@
 """Entry-point glue: logging setup, and errors a user can fix printed as one clear line."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -121,6 +122,23 @@ def check_output_folder(argv: list[str]) -> None:
         print(f"error: cannot write the run folder {folder} ({e.strerror}: {e.filename or probe}); "
               "choose another with hydra.run.dir=... (hydra.sweep.dir=... with -m)", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """An entry point's body: prepare the command line, run its Hydra `main`, and when that ends
+    well, end the process at once. Python's own teardown (freeing every object of torch, MLflow,
+    SQLAlchemy and numba) takes 1-1.5 s after each run, more than reading a cached data set; what
+    it would do that matters, the atexit handlers (logging's flush, temporary folders, coverage),
+    runs first. An error, or a thread still running, takes the normal way out."""
+    prepare_command_line()
+    main()
+    main_thread = threading.main_thread()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main_thread):
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def prepare_command_line() -> None:

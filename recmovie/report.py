@@ -174,7 +174,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from recmovie.cli import prepare_command_line
+    from recmovie.cli import run_script
 
-    prepare_command_line()
-    main()
+    run_script(main)

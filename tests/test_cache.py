@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import OmegaConf
 
+from recmovie.data.cache import load_arrays, save_arrays
 from recmovie.data.prepare import prepare_data
 
 
@@ -53,6 +54,21 @@ def test_corrupt_entry_is_rebuilt(small_dir, tmp_path):
         f.write_bytes(b"garbage")
     b = prepare_data(*cfgs(small_dir), tmp_path / "cache")
     assert b.info["cache"] == "miss" and np.array_equal(a.train_mask, b.train_mask)
+
+
+def test_entries_are_mapped_exactly_privately_and_checked(tmp_path):
+    arrays = {"ints": np.arange(7, dtype=np.int32), "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+              "text": np.array(["a", "bcd"]), "empty": np.zeros(0, np.int8), "mask": np.array([True, False])}
+    save_arrays(tmp_path, "entry", arrays)
+    got = load_arrays(tmp_path, "entry")
+    for key, a in arrays.items():
+        assert got[key].dtype == a.dtype and got[key].shape == a.shape and np.array_equal(got[key], a), key
+    got["ints"][0] = 99  # a write stays in this process: the entry is unchanged
+    assert load_arrays(tmp_path, "entry")["ints"][0] == 0
+    raw = bytearray((tmp_path / "entry.npz").read_bytes())
+    raw[raw.index(np.arange(7, dtype=np.int32).tobytes()) + 4] ^= 1  # one bit of the first array's data
+    (tmp_path / "entry.npz").write_bytes(bytes(raw))
+    assert load_arrays(tmp_path, "entry") is None  # its CRC no longer matches: rebuilt
 
 
 def test_cache_off_writes_nothing(small_dir, tmp_path):

@@ -97,3 +97,25 @@ def test_trainer_keys_are_checked_by_name(tmp_path, small_dir):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "error: config `trainer.max_epoch`: not an argument of Lightning's Trainer" in p.stderr
     assert not (tmp_path / "mlruns").exists() or not runs(tmp_path)  # refused before any run or work
+
+
+@pytest.mark.parametrize("thread", [False, True])
+def test_a_script_that_ends_well_runs_its_exit_handlers_and_flushes_before_leaving(tmp_path, thread):
+    # run_script skips Python's teardown with os._exit: what the teardown would do that matters must
+    # happen first; with a thread still running it leaves the normal way, after the thread
+    code = f"""
+import atexit, sys, threading, time
+from pathlib import Path
+from recmovie.cli import run_script
+atexit.register(lambda: Path({str(tmp_path / 'handler')!r}).write_text('ran'))
+def main():
+    print('to stdout', end='')
+    sys.stderr.write('to stderr')
+    if {thread}:
+        threading.Thread(target=lambda: (time.sleep(0.5), Path({str(tmp_path / 'thread')!r}).write_text('done'))).start()
+run_script(main)
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout == "to stdout" and p.stderr == "to stderr", p.stderr
+    assert (tmp_path / "handler").read_text() == "ran"
+    assert (tmp_path / "thread").exists() == thread
