@@ -153,7 +153,8 @@ def open_data(job: Job, run) -> tuple[PreparedData, ReleaseYearFilter | None]:
     data = load_run_data(job.cfg, validation=job.mode != "everything" or bool(job.grid))
     check_recommendable(data, int(job.cfg.eval.k))  # before the fit: a submission it could not make
     item_filter = release_year_filter(job.cfg.get("filter"), data)  # and a filter it could not apply
-    run.opened()
+    if not run.store_checked:  # a store not checked in advance stops the run here, before the fit
+        run.opened()
     run.log_params({"data_fingerprint": data.fingerprint})
     run.set_tags({"data_fingerprint": data.fingerprint, "data_cache": data.info["cache"]})
     return data, item_filter
@@ -220,8 +221,9 @@ def train(cfg: DictConfig) -> float | None:
     job = plan(cfg)
     cfg, k, rank_zero = job.cfg, int(job.cfg.eval.k), is_global_zero()
     name = cfg.tracking.get("run_name") or run_name(str(cfg.model.name), job.overrides)
-    # the store opens while the data is read (read-only work; 2-3 s of MLflow import and store
-    # set-up otherwise added to every run); a broken store stops the run right after, before the fit
+    # the store opens while the data is read and, when it is a sqlite store checked writable first,
+    # while a closed-form model fits (2-3 s of MLflow import and store set-up otherwise added to
+    # every run; a gradient model's logger waits for it); a broken store stops the run before the fit
     with start_run(resolve_tracking_uri(cfg.tracking.uri), str(cfg.tracking.experiment), name, job.tags,
                    bool(cfg.tracking.enabled) and rank_zero, overlap=True, resume=cfg.get("resume")) as run:
         try:
@@ -238,6 +240,7 @@ def train(cfg: DictConfig) -> float | None:
             fit_seconds = time.perf_counter() - t0
             if not rank_zero:  # another DDP process: it has trained its share; rank zero writes
                 return None
+            run.opened()  # a store that failed after its check stops the run here, before anything is written
             t0 = time.perf_counter()
             topk = rank(fitted.model, data, k=int(cfg.candidates.n), chunk_size=int(cfg.eval.chunk_size),
                         item_filter=item_filter)

@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import socket
+import sqlite3
 import time
 import traceback
 from collections.abc import Iterator
@@ -76,6 +77,29 @@ def setup_mlflow(uri: str):
     return mlflow
 
 
+def check_sqlite_store(uri: str) -> bool:
+    """Whether a sqlite store can be written, found in milliseconds without MLflow (whose import
+    and set-up take 2-3 s): its folder is made, the database opened, and a write tried inside a
+    transaction that is rolled back (SQLite takes the write lock of a read-only database). Raises
+    TrackingError as opening the store would; False (nothing checked) for any other store."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return False
+    target = uri[len("sqlite:///"):]
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(target, uri=target.startswith("file:"), timeout=60, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("CREATE TABLE recmovie_write_check (x)")
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+    except (OSError, sqlite3.Error) as e:
+        raise TrackingError(uri, _problem(e)) from e
+    return True
+
+
 def get_experiment_id(client, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -128,10 +152,14 @@ class Run:
     one background thread, so it overlaps with the job's own work; `flush` waits for them. Every
     call is a no-op when tracking is disabled."""
 
-    def __init__(self, executor: ThreadPoolExecutor | None = None, opening: Future | None = None):
+    def __init__(self, executor: ThreadPoolExecutor | None = None, opening: Future | None = None,
+                 store_checked: bool = False):
         self._executor = executor
         self._opening = opening  # -> (client, run_id); raises TrackingError if the store failed
         self._pending: list[Future] = []
+        # a sqlite store found writable before the run began (`check_sqlite_store`): work may start
+        # while MLflow is still being imported and set up
+        self.store_checked = store_checked
 
     @property
     def enabled(self) -> bool:
@@ -314,8 +342,10 @@ def start_run(
     Its start time is the call's. By default the run is open before the block starts, so a store
     that cannot be opened raises TrackingError before any work is done. With `overlap`, opening
     (importing MLflow, opening the store: 2-3 s) runs on the background thread while the block
-    begins; the block calls `run.opened()` before its first work that writes or costs (the
-    pipeline: after reading the data, before the fit), where a broken store raises TrackingError.
+    begins; a sqlite store is checked first, in milliseconds (`run.store_checked`), so the block
+    may begin its costly work too; otherwise it calls `run.opened()` before that work (the
+    pipeline: before the fit). Either way it calls `run.opened()` before its first write, where a
+    store that failed raises TrackingError.
     `resume`: the id of an existing run to continue (it is RUNNING again until the block ends).
     Ctrl-C (KeyboardInterrupt) marks the run KILLED; every RUNNING run whose process is gone is
     marked KILLED when the next run opens."""
@@ -323,8 +353,9 @@ def start_run(
         yield Run()
         return
     start_ms = int(time.time() * 1000)
+    checked = overlap and check_sqlite_store(uri)
     executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow")
-    run = Run(executor, executor.submit(_open_run, uri, experiment, run_name, tags, start_ms, resume))
+    run = Run(executor, executor.submit(_open_run, uri, experiment, run_name, tags, start_ms, resume), checked)
     try:
         if not overlap:
             run.opened()

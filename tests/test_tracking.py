@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from recmovie.errors import TrackingError
-from recmovie.tracking import MAX_RUN_NAME, run_name, start_run
+from recmovie.tracking import MAX_RUN_NAME, check_sqlite_store, run_name, start_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,6 +131,33 @@ def test_a_store_that_cannot_be_opened_fails_before_any_work(tmp_path, which):
     message = str(e.value)
     assert uri in message and "\n" not in message and len(message) < 600
     assert message.startswith(f"cannot open the MLflow store {uri}: ")
+
+
+@pytest.mark.parametrize("which", range(2))
+def test_an_overlapped_run_checks_a_sqlite_store_before_the_block_begins(tmp_path, which):
+    # the pipeline starts a closed-form fit before MLflow has opened a checked store: the check
+    # must catch what opening would
+    uri = broken_stores(tmp_path)[which]
+    worked = False
+    with pytest.raises(TrackingError, match="cannot open the MLflow store"):
+        with start_run(uri, "exp", "ease", {}, overlap=True):
+            worked = True
+    assert not worked
+
+
+def test_the_check_of_a_read_only_sqlite_store_fails_and_a_good_one_is_left_as_it_was(tmp_path):
+    import sqlite3
+
+    uri = sqlite_uri(tmp_path)
+    with start_run(uri, "exp", "ease", {}, overlap=True) as run:
+        assert run.store_checked
+    db = tmp_path / "mlruns" / "mlflow.db"
+    tables = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
+    assert "runs" in tables and not any("recmovie" in t for t in tables)  # the trial write was rolled back
+    read_only = f"sqlite:///file:{db}?mode=ro&uri=true"
+    with pytest.raises(TrackingError, match="attempt to write a readonly database"):
+        check_sqlite_store(read_only)
+    assert check_sqlite_store(f"http://127.0.0.1:{closed_port()}") is False  # not checked: opened first
 
 
 @pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0,
