@@ -129,11 +129,14 @@ def run_script(main: Callable[[], Any]) -> None:
     well, end the process at once. Python's own teardown (freeing every object of torch, MLflow,
     SQLAlchemy and numba) takes 1-1.5 s after each run, more than reading a cached data set; what
     it would do that matters, the atexit handlers (logging's flush, temporary folders, coverage),
-    runs first. An error, or a thread still running, takes the normal way out."""
+    runs first. An error, a thread still running, or a profiler, debugger or `python -i` waiting
+    for the script to return takes the normal way out."""
     prepare_command_line()
     main()
     main_thread = threading.main_thread()
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main_thread):
+        return
+    if sys.getprofile() is not None or sys.gettrace() is not None or sys.flags.interactive:
         return
     atexit._run_exitfuncs()
     sys.stdout.flush()

@@ -119,3 +119,13 @@ run_script(main)
     assert p.returncode == 0 and p.stdout == "to stdout" and p.stderr == "to stderr", p.stderr
     assert (tmp_path / "handler").read_text() == "ran"
     assert (tmp_path / "thread").exists() == thread
+
+
+def test_a_profiled_script_still_writes_its_profile(tmp_path):
+    code = "from recmovie.cli import run_script\nrun_script(lambda: None)\n"
+    (tmp_path / "script.py").write_text(code)
+    p = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(tmp_path / "profile"), str(tmp_path / "script.py")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "profile").stat().st_size > 0
