@@ -342,10 +342,9 @@ def start_run(
     Its start time is the call's. By default the run is open before the block starts, so a store
     that cannot be opened raises TrackingError before any work is done. With `overlap`, opening
     (importing MLflow, opening the store: 2-3 s) runs on the background thread while the block
-    begins; a sqlite store is checked first, in milliseconds (`run.store_checked`), so the block
-    may begin its costly work too; otherwise it calls `run.opened()` before that work (the
-    pipeline: before the fit). Either way it calls `run.opened()` before its first write, where a
-    store that failed raises TrackingError.
+    begins; a sqlite store is checked in milliseconds first (`run.store_checked`), so the block may
+    begin costly work too (else `run.opened()` comes before it: the pipeline's fit); either way the
+    block calls `run.opened()` before its first write, which raises TrackingError if opening failed.
     `resume`: the id of an existing run to continue (it is RUNNING again until the block ends).
     Ctrl-C (KeyboardInterrupt) marks the run KILLED; every RUNNING run whose process is gone is
     marked KILLED when the next run opens."""
