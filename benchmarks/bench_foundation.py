@@ -85,7 +85,10 @@ def scale(work: Path, repeats: int, baseline: Path | None = None) -> None:
     print(f"| plain numpy/scipy EASE | {med('reference', 'wall'):.1f} | {med('reference', 'rss_mb'):.0f} | | | |\n")
     for t in trees:
         for kind in kinds:
-            print(f"{t} ({kind}) / plain wall-time ratio: {med(f'{t}, {kind}', 'wall') / med('reference', 'wall'):.2f}")
+            # the rounds' own ratios too: on shared cores one round can move either side by 20%
+            by_round = ", ".join(f"{x['wall'] / ref['wall']:.2f}" for x, ref in zip(rows[f"{t}, {kind}"], rows["reference"]))
+            print(f"{t} ({kind}) / plain wall-time ratio: {med(f'{t}, {kind}', 'wall') / med('reference', 'wall'):.2f} "
+                  f"(by round: {by_round})")
         if t != "recmovie":
             for kind in kinds:
                 ratio = med(f"recmovie, {kind}", "wall") / med(f"{t}, {kind}", "wall")
