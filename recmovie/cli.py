@@ -127,9 +127,9 @@ def check_output_folder(argv: list[str]) -> None:
 def run_script(main: Callable[[], Any]) -> None:
     """An entry point's body: prepare the command line, run its Hydra `main`, and when that ends
     well, end the process at once. Python's own teardown (freeing every object of torch, MLflow,
-    SQLAlchemy and numba) takes 1-1.5 s after each run, more than reading a cached data set; what
-    it would do that matters, the atexit handlers (logging's flush, temporary folders, coverage),
-    runs first. An error, a thread still running, or a profiler, debugger or `python -i` waiting
+    SQLAlchemy and numba) takes longer than reading a cached data set (benchmarks/RESULTS.md#cost);
+    what it would do that matters, the atexit handlers (logging's flush, temporary folders,
+    coverage), runs first. An error, a thread still running, or a profiler, debugger or `python -i` waiting
     for the script to return takes the normal way out."""
     prepare_command_line()
     main()

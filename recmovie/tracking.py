@@ -79,7 +79,7 @@ def setup_mlflow(uri: str):
 
 def check_sqlite_store(uri: str) -> bool:
     """Whether a sqlite store can be written, found in milliseconds without MLflow (whose import
-    and set-up take 2-3 s): its folder is made, the database opened, and a write tried inside a
+    and set-up take seconds): its folder is made, the database opened, and a write tried inside a
     transaction that is rolled back (SQLite takes the write lock of a read-only database). Raises
     TrackingError as opening the store would; False (nothing checked) for any other store."""
     db = _sqlite_path(uri)

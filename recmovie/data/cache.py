@@ -44,11 +44,11 @@ def load_arrays(cache_dir: str | Path, name: str, keys: tuple[str, ...] = ()) ->
 
 
 def _mapped_arrays(path: Path) -> dict[str, np.ndarray]:
-    """An .npz entry's arrays, mapped from the file copy-on-write instead of read. np.load reads
+    """An .npz entry's arrays, mapped from the file copy-on-write instead of read: np.load reads
     each member through zipfile in 256 KB pieces, each of which waits for the GIL while the run's
-    MLflow thread imports and opens its store: 0.5-1.2 s for the competition's 115 MB where a
-    mapping costs nothing. Every member's CRC is still checked (one zlib call each, 36 ms for
-    84 MB), so a damaged entry is rebuilt as before; writes to the arrays stay in this process."""
+    MLflow thread imports and opens its store (benchmarks/RESULTS.md#cost). Every member's CRC is
+    still checked (one zlib call each), so a damaged entry is rebuilt as before; writes to the
+    arrays stay in this process."""
     with open(path, "rb") as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     view = memoryview(mapped)
