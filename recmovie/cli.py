@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -139,8 +140,9 @@ def run_script(main: Callable[[], Any]) -> None:
     if sys.getprofile() is not None or sys.gettrace() is not None or sys.flags.interactive:
         return
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader that has gone (`| head`), a closed stream
+            stream.flush()
     os._exit(0)
 
 
