@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # Lightning's own calls into torch's pytree (pytorch_lightning/utilities/_pytree.py), deprecated by
 # torch: nothing a user of recmovie can act on, printed on every run
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# its warning about any IterableDataset with a length, for loaders with several workers: each worker
+# of a PairStream (recmovie/data/samplers.py) yields every n-th of its `steps` batches, so the length is exact
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 # and its advertisement for a cloud logger, printed by every Trainer: runs here log to MLflow
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "try installing [litlogger]" not in record.getMessage())

@@ -8,8 +8,6 @@ it shards single rows, while these views build whole batches from index arrays i
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, Sampler
@@ -118,11 +116,6 @@ class PairSampler:
             hit[hit] = self.is_positive(np.broadcast_to(users[:, None], hit.shape)[hit], neg[hit])
         return PairBatch(torch.from_numpy(users), torch.from_numpy(self.item[rows]), torch.from_numpy(neg),
                          torch.from_numpy(self.weight[rows]))
-
-
-# Lightning warns about any IterableDataset with a length, for loaders with several workers; each
-# worker of a PairStream yields every n-th of its `steps` batches, so its length is exact.
-warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 class PairStream(IterableDataset):
