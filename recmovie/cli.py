@@ -24,11 +24,47 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def stdout_gone() -> None:
+    """Point stdout at /dev/null because its reader has gone (`python train.py | head -1`): the
+    run's outputs are written and tracked whatever the console shows, so a closed pipe must not
+    fail it (Python's own advice for BrokenPipeError, in the signal module's notes)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def say(text: str) -> None:
+    """Print a console summary; a reader that has gone is let go (stdout_gone)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        stdout_gone()
+
+
+def _console_handlers_let_a_closed_stdout_go() -> None:
+    # Hydra's console handler writes the log to stdout; logging would print a "Logging error"
+    # traceback for every line once stdout's reader has gone
+    for handler in logging.getLogger().handlers:
+        if (isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stdout
+                and not getattr(handler, "_lets_stdout_go", False)):
+            original = handler.handleError
+
+            def handle_error(record, original=original):
+                if isinstance(sys.exc_info()[1], BrokenPipeError):
+                    stdout_gone()
+                else:
+                    original(record)
+
+            handler.handleError = handle_error
+            handler._lets_stdout_go = True
+
+
 def run_cli(fn: Callable[[Any], Any], cfg) -> Any:
     """Call fn(cfg); a RecmovieError or a config error exits with status 2 and a one-line message
     (set RECMOVIE_TRACEBACK=1 for the full traceback); Ctrl-C or SIGTERM exit with status 130
-    and one line."""
+    and one line. A console whose reader has gone (`| head`) does not fail the run."""
     logging.getLogger("recmovie").setLevel(logging.INFO)
+    _console_handlers_let_a_closed_stdout_go()
     main_thread = threading.current_thread() is threading.main_thread()  # a parallel sweep job runs in a worker thread
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:

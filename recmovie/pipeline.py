@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recmovie.candidates import load_candidate_grid, write_candidates
+from recmovie.cli import say
 from recmovie.config import check_ranking_config, check_run_config
 from recmovie.data.features import run_features
 from recmovie.data.prepare import PreparedData, load_run_data
@@ -298,7 +299,7 @@ def report(name: str, data: PreparedData, k: int, val_metrics: dict, metrics: di
         lines.append(f"  checkpoint: {checkpoint}")
     if run_id:
         lines.append(f"  mlflow run: {run_id}   (python predict.py run_id={run_id})")
-    print("\n".join(lines), flush=True)
+    say("\n".join(lines))
 
 
 # ------------------------------------------------------------------ predict

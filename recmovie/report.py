@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from recmovie.cli import run_cli, run_script, say
 from recmovie.config import CONF_DIR
 from recmovie.errors import ConfigError
 from recmovie.io import atomic_path
@@ -161,19 +162,15 @@ def write_report(cfg: DictConfig) -> Path:
         for name in ("report.md", "report.csv", "recall_by_model.png", "validation_curves.png"):
             if (out / name).exists():
                 run.log_artifact(out / name, "report")
-    print(df.drop(columns=["run_id"]).to_string(index=False, max_colwidth=50, float_format=lambda v: f"{v:.4f}"))
-    print(f"report: {out / 'report.md'}" + (f"   (mlflow run {run.run_id})" if run.run_id else ""), flush=True)
+    say(df.drop(columns=["run_id"]).to_string(index=False, max_colwidth=50, float_format=lambda v: f"{v:.4f}") + "\n"
+        + f"report: {out / 'report.md'}" + (f"   (mlflow run {run.run_id})" if run.run_id else ""))
     return out / "report.md"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")
 def main(cfg: DictConfig) -> None:
-    from recmovie.cli import run_cli
-
     run_cli(write_report, cfg)
 
 
 if __name__ == "__main__":
-    from recmovie.cli import run_script
-
     run_script(main)

@@ -91,6 +91,21 @@ def test_a_gradient_sweep_shows_progress_names_runs_by_their_overrides_and_split
         assert len(mlflow.MlflowClient().get_metric_history(r.info.run_id, "train_loss")) == 2
 
 
+def test_a_reader_that_goes_away_does_not_fail_the_run(tmp_path, small_dir):
+    # `python train.py | head -1`: the console's reader leaves after one line
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    p = subprocess.Popen([sys.executable, str(REPO / "train.py"), "data=competition", f"data.dir={small_dir}",
+                          "model=popularity"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline()
+    p.stdout.close()
+    stderr = p.stderr.read()
+    assert p.wait(timeout=600) == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "Logging error" not in stderr
+    (r,) = runs(tmp_path)
+    assert r.info.status == "FINISHED"
+
+
 def test_trainer_keys_are_checked_by_name(tmp_path, small_dir):
     p = run("train.py", "data=competition", f"data.dir={small_dir}", "model=multidae", "+trainer.max_epoch=1",
             cwd=tmp_path)

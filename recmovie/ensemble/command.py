@@ -19,6 +19,7 @@ import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from recmovie.candidates import write_candidates
+from recmovie.cli import say
 from recmovie.config import check_ranking_config, check_value
 from recmovie.data.prepare import PreparedData
 from recmovie.ensemble.fusion import METHODS, FullScoreRows, ScoreBlend, fuse, pool_objective
@@ -347,4 +348,4 @@ def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int,
     lines.append(f"  submission: {out_dir / 'submission.csv'}")
     if run_id:
         lines.append(f"  mlflow run: {run_id}")
-    print("\n".join(lines), flush=True)
+    say("\n".join(lines))
