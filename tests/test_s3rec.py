@@ -142,3 +142,46 @@ def test_the_attribute_field_serves_the_features_group(tmp_path):
     schema = Schema(n_users=ds.n_users, n_items=ds.n_items, side_vocab={"attribute": list(ds.side["attribute"].vocab)})
     codes = item_field_codes(ds, FeatureSet(item=("attribute",)), schema)["attribute"]
     assert codes.shape == (3, 2) and sorted(codes[2].tolist()) == [0, 1]  # item 30: blue and red
+
+
+@pytest.mark.parametrize("pretrain_epochs", [0, 2])
+def test_aux_weight_keeps_the_objectives_while_fine_tuning_and_the_fitted_model_is_a_sasrec(
+        small_dir, tmp_path, monkeypatch, pretrain_epochs):
+    from recmovie.models.s3rec import S3Rec
+    from recmovie.selection import fit_model
+    from recmovie.tracking import Run
+
+    cfg = make_config(tmp_path, ["data=competition", f"data.dir={small_dir}", "model=s3rec", "model.max_len=20",
+                                 "tracking.enabled=false"])
+    data = load_run_data(cfg)
+    schema = Schema.from_data(data)
+    calls = []
+    original = S3Rec.pretrain_losses
+
+    def counted(self, *args, with_sp=True):
+        calls.append(with_sp)
+        return original(self, *args, with_sp=with_sp)
+
+    monkeypatch.setattr(S3Rec, "pretrain_losses", counted)
+
+    def fitted(aux_weight: float):
+        calls.clear()
+        torch.manual_seed(0)
+        model = s3rec(cfg, pretrain_epochs=pretrain_epochs, pretrain_batch_size=64, aux_weight=aux_weight,
+                      max_epochs=2, batch_size=64)
+        model.build(schema)
+        return fit_model(model, data, cfg, Run()).model, list(calls)
+
+    plain_fit, plain_calls = fitted(0.0)
+    aux_fit, aux_calls = fitted(0.5)
+    assert False not in plain_calls  # aux_weight 0: the paper's two stages, nothing kept while fine-tuning
+    assert aux_calls.count(False) >= 2  # every fine-tuning step: AAP, MIP and MAP, without SP
+    # the objectives changed what was learned, and were dropped with their heads at the end of the fit
+    assert not torch.equal(plain_fit.item_emb.weight, aux_fit.item_emb.weight)
+    plain = SASRec(max_len=20)
+    plain.build(schema)
+    assert set(aux_fit.state_dict()) == set(plain.state_dict())
+    again = type(aux_fit).from_checkpoint(aux_fit.checkpoint())
+    assert set(again.state_dict()) == set(plain.state_dict())
+    with pytest.raises(ConfigError, match="model.aux_weight"):
+        s3rec(cfg, aux_weight=-1.0)

@@ -151,6 +151,19 @@ def test_two_process_ddp_run_gives_one_run_one_submission_and_validates_every_us
     assert run.data.metrics["val_recall_at_10"] > 0
 
 
+@pytest.mark.slow
+def test_s3rec_fine_tunes_with_its_objectives_under_ddp(tmp_path):
+    # its heads join the model for the fit only: DDP must see each of them used in every step
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    p = subprocess.run([sys.executable, str(REPO / "train.py"), "model=s3rec", "trainer=ddp", "trainer.devices=2",
+                        "model.max_epochs=2", "model.pretrain_epochs=1", "model.max_len=20", "hydra.run.dir=out"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FINISHED" and "train_aux" in run.data.metrics
+
+
 def test_a_trainer_lightning_refuses_is_one_config_error(small_cfg):
     cfg = small_cfg(["trainer.accelerator=mps"])  # Apple's GPUs: never on Linux
     data = load_data(cfg)

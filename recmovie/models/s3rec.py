@@ -13,11 +13,17 @@ Pre-training runs before the fine-tuning epochs, when the model is set up to fit
 As in the authors' code (the competition's baseline), AAP and MAP score attribute embeddings
 against linear maps of the positions' hidden states (multi-label, binary cross-entropy; here plus a
 per-attribute bias, see PretrainHeads), MIP and SP
-are pairwise (-log sigmoid(pos - neg)), and the four are weighted 0.2 / 1 / 1 / 0.5. The attribute
-table and the four heads exist only while pre-training: the fitted model (and its checkpoint) is a
-SASRec, so predict.py needs no attributes. The pre-trained weights are cached beside the prepared
-data, keyed by the training rows, the attributes, the settings and the seed: a sweep over the
-fine-tuning settings pre-trains once.
+are pairwise (-log sigmoid(pos - neg)), and the four are weighted 0.2 / 1 / 1 / 0.5.
+
+`aux_weight` > 0 (not in the paper) keeps AAP, MIP and MAP beside the next-item loss while
+fine-tuning, weighted by it: the fine-tuning then cannot trade what pre-training taught for the
+next item alone.
+
+The attribute table and the heads exist only while pre-training (and fine-tuning, with
+`aux_weight`): the fitted model (and its checkpoint) is a SASRec, so predict.py needs no
+attributes. The pre-trained weights (encoder and heads) are cached beside the prepared data, keyed
+by the training rows, the attributes, the settings and the seed: a sweep over the fine-tuning
+settings pre-trains once.
 """
 from __future__ import annotations
 
@@ -91,14 +97,15 @@ class PretrainHeads(nn.Module):
 
 
 class S3Rec(SASRec):
-    """SASRec pre-trained by S3-Rec's four objectives (`pretrain_epochs` = 0: plain SASRec). The
-    attributes are `attributes`, or the `features` group's item fields where it names some
-    (`features=ids_genre`, `features.item=[attribute]`)."""
+    """SASRec pre-trained by S3-Rec's four objectives, three of them kept on while fine-tuning
+    (`pretrain_epochs` = 0 and `aux_weight` = 0: plain SASRec). The attributes are `attributes`, or
+    the `features` group's item fields where it names some (`features=ids_genre`,
+    `features.item=[attribute]`)."""
 
     def __init__(self, *, features: dict | None = None, attributes: str | list[str] = "auto", pretrain_epochs: int = 10,
                  pretrain_lr: float = 0.001, pretrain_batch_size: int = 256, mask_prob: float = 0.2,
                  aap_weight: float = 0.2, mip_weight: float = 1.0, map_weight: float = 1.0, sp_weight: float = 0.5,
-                 **params):
+                 aux_weight: float = 0.2, **params):
         if features is not None and features.get("user"):
             raise ConfigError("features.user", f"S3-Rec reads item attributes only, got user fields {features['user']}")
         if features is not None and features.get("item"):
@@ -106,7 +113,7 @@ class S3Rec(SASRec):
         attributes = attributes if isinstance(attributes, str) else list(attributes)
         super().__init__(attributes=attributes, pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr,
                          pretrain_batch_size=pretrain_batch_size, mask_prob=mask_prob, aap_weight=aap_weight,
-                         mip_weight=mip_weight, map_weight=map_weight, sp_weight=sp_weight, **params)
+                         mip_weight=mip_weight, map_weight=map_weight, sp_weight=sp_weight, aux_weight=aux_weight, **params)
         check(attributes == "auto" or (isinstance(attributes, list) and len(attributes) >= 1), "attributes",
               f"must be auto or a non-empty list of item fields (genre, attribute, ...), got {attributes!r}")
         check(isinstance(pretrain_epochs, int) and pretrain_epochs >= 0, "pretrain_epochs",
@@ -118,40 +125,68 @@ class S3Rec(SASRec):
         for key, w in (("aap_weight", aap_weight), ("mip_weight", mip_weight), ("map_weight", map_weight),
                        ("sp_weight", sp_weight)):
             check(w >= 0, key, f"must be >= 0, got {w}")
+        check(aux_weight >= 0, "aux_weight", f"must be >= 0, got {aux_weight}")
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.params.pretrain_epochs > 0:
-            self.to(self.trainer.strategy.root_device)
-            self.pretrain(self.trainer.datamodule.train)
+        if stage != "fit" or (self.params.pretrain_epochs == 0 and self.params.aux_weight == 0):
+            return
+        self.to(self.trainer.strategy.root_device)
+        data = self.trainer.datamodule.train
+        if self.params.pretrain_epochs > 0:
+            heads, attrs = self.pretrain(data)
+        else:
+            attrs = self.attributes(data)
+            heads = PretrainHeads(self.params.dim, attrs).to(attrs.device)
+        if self.params.aux_weight > 0:
+            # registered while fitting, so the optimizer, DDP and a resumed fit see the heads; gone at
+            # the end of the fit (on_fit_end), so the fitted model stays a SASRec
+            del heads.sp  # unused while fine-tuning (SP is left out), and DDP refuses parameters without gradients
+            self.pretrain_heads = heads
+            self.pretrain_attrs = attrs
+
+    def on_fit_end(self) -> None:
+        if hasattr(self, "pretrain_heads"):
+            del self.pretrain_heads
+            del self.pretrain_attrs
 
     # -- pre-training
-    def pretrain(self, data) -> None:
-        """Load the cached pre-trained encoder for this data and these settings, or pre-train it."""
+    def attributes(self, data) -> torch.Tensor:
+        fields = attribute_fields(self.params.attributes, set(data.dataset.side))
+        return item_attributes(data, fields, self.schema).to(self.item_emb.weight.device)
+
+    def pretrain(self, data) -> tuple[PretrainHeads, torch.Tensor]:
+        """Load the cached pre-trained encoder and heads for this data and these settings, or pre-train
+        them; returns the heads and the attribute table."""
         p = self.params
         fields = attribute_fields(p.attributes, set(data.dataset.side))
-        attrs = item_attributes(data, fields, self.schema).to(self.item_emb.weight.device)
+        attrs = self.attributes(data)
         cache_dir = data.info.get("cache_dir")
-        name = None
         if cache_dir is not None:
             m = data.train_matrix
             digest = hashlib.blake2b(digest_size=16)
             for a in (m.indptr, m.indices, attrs.cpu().numpy()):
                 digest.update(np.ascontiguousarray(a).tobytes())
             name = "s3rec-" + cache_key(digest.hexdigest(), fields, {k: p[k] for k in PRETRAIN_KEYS}, torch.initial_seed())
+            with torch.random.fork_rng(devices=[]):  # a cache hit draws nothing: the fine-tuning's draws stay as they were
+                heads = PretrainHeads(p.dim, attrs).to(attrs.device)
             # the prepared data's cache (recmovie/data/cache.py): atomic writes, unreadable entries rebuilt
-            cached = load_arrays(cache_dir, name, tuple(self.net.state_dict()))
+            cached = load_arrays(cache_dir, name, (*self.net.state_dict(), *("heads." + k for k in heads.state_dict())))
             if cached is not None:
-                self.net.load_state_dict({k: torch.from_numpy(v) for k, v in cached.items()})
+                state = {k: torch.from_numpy(v) for k, v in cached.items()}
+                self.net.load_state_dict({k: v for k, v in state.items() if not k.startswith("heads.")})
+                heads.load_state_dict({k[len("heads."):]: v for k, v in state.items() if k.startswith("heads.")})
                 log.info("S3-Rec: pre-trained encoder loaded from the cache (%s/%s.npz)", cache_dir, name)
-                return
-        self.run_pretraining(data, attrs, fields)
-        if name is not None:
-            save_arrays(cache_dir, name, {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()})
+                return heads, attrs
+        heads = PretrainHeads(p.dim, attrs).to(attrs.device)
+        self.run_pretraining(data, attrs, fields, heads)
+        if cache_dir is not None:
+            state = {**self.net.state_dict(), **{"heads." + k: v for k, v in heads.state_dict().items()}}
+            save_arrays(cache_dir, name, {k: v.detach().cpu().numpy() for k, v in state.items()})
+        return heads, attrs
 
-    def run_pretraining(self, data, attrs: torch.Tensor, fields: list[str]) -> None:
+    def run_pretraining(self, data, attrs: torch.Tensor, fields: list[str], heads: PretrainHeads) -> None:
         p = self.params
         device = self.item_emb.weight.device
-        heads = PretrainHeads(p.dim, attrs).to(device)
         opt = adam([*self.net.parameters(), *heads.parameters()], p.pretrain_lr, p.weight_decay, decoupled=True)
         loader = sequences(data, p.pretrain_batch_size, seed=torch.initial_seed() % 2**32, max_len=p.max_len,
                            min_length=2)
@@ -179,15 +214,31 @@ class S3Rec(SASRec):
             log.info("S3-Rec pre-training epoch %d/%d  aap %.4f  mip %.4f  map %.4f  sp %.4f  %.1f s  about %.0f min "
                      "left", epoch + 1, p.pretrain_epochs, aap, mip, map_, sp, elapsed / (epoch + 1), left / 60)
 
-    def pretrain_losses(self, heads: PretrainHeads, attrs: torch.Tensor, items: torch.Tensor) -> list[torch.Tensor]:
+    # -- fine-tuning
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        if not hasattr(self, "pretrain_heads"):
+            return loss
+        # AAP, MIP and MAP on the same sequences, bidirectionally: they keep what pre-training taught
+        # (the items' attributes, an item from both sides of it) while the next-item loss tunes the
+        # encoder; SP is left out, its three extra encodings per sequence would triple the step
+        p = self.params
+        aap, mip, map_, _ = self.pretrain_losses(self.pretrain_heads, self.pretrain_attrs, batch.items, with_sp=False)
+        aux = p.aap_weight * aap + p.mip_weight * mip + p.map_weight * map_
+        self.log_train(len(batch), aux=aux)
+        return loss + p.aux_weight * aux
+
+    def pretrain_losses(self, heads: PretrainHeads, attrs: torch.Tensor, items: torch.Tensor,
+                        with_sp: bool = True) -> list[torch.Tensor]:
         """AAP, MIP, MAP and SP losses of a batch of left-padded sequences [B, W] (the newest max_len items)."""
         items = items[:, -self.params.max_len:]
         pad, mask = self.schema.pad_item, self.schema.mask_item
         valid = items != pad
         masked = valid & (torch.rand(items.shape, device=items.device) < self.params.mask_prob)
-        segments = self.segments(items, valid)
+        segments = self.segments(items, valid) if with_sp else []
         h = self.net(torch.cat([items.masked_fill(masked, mask), *segments]), causal=False)
-        h, h_context, h_pos, h_neg = h.split(len(items))
+        if with_sp:
+            h, h_context, h_pos, h_neg = h.split(len(items))
         table = heads.attribute.weight
 
         def attribute_loss(head: nn.Linear, where: torch.Tensor) -> torch.Tensor:
@@ -199,6 +250,8 @@ class S3Rec(SASRec):
         negatives = torch.randint(0, self.n_items, (len(hm),), device=items.device)
         gap = (hm * (self.item_emb(items[masked]) - self.item_emb(negatives))).sum(-1)
         mip = -F.logsigmoid(gap).sum() / masked.sum().clamp_min(1)
+        if not with_sp:
+            return [attribute_loss(heads.aap, valid & ~masked), mip, attribute_loss(heads.map, masked), mip.new_zeros(())]
         context = heads.sp(h_context[:, -1])
         sp = -F.logsigmoid((context * (h_pos[:, -1] - h_neg[:, -1])).sum(-1)).mean()
         return [attribute_loss(heads.aap, valid & ~masked), mip, attribute_loss(heads.map, masked), sp]
