@@ -185,3 +185,27 @@ def test_aux_weight_keeps_the_objectives_while_fine_tuning_and_the_fitted_model_
     assert set(again.state_dict()) == set(plain.state_dict())
     with pytest.raises(ConfigError, match="model.aux_weight"):
         s3rec(cfg, aux_weight=-1.0)
+
+
+def test_the_same_seed_fine_tunes_to_the_same_model_whether_the_encoder_was_cached_or_not(small_dir, tmp_path, caplog):
+    from recmovie.selection import fit_model
+    from recmovie.tracking import Run
+
+    cfg = make_config(tmp_path, ["data=competition", f"data.dir={small_dir}", "model=s3rec", "model.max_len=20",
+                                 "tracking.enabled=false"])
+    data = load_run_data(cfg)
+    schema = Schema.from_data(data)
+
+    def fitted():
+        torch.manual_seed(0)
+        model = s3rec(cfg, pretrain_epochs=2, pretrain_batch_size=64, max_epochs=2, batch_size=64)
+        model.build(schema)
+        return fit_model(model, data, cfg, Run()).model
+
+    first = fitted()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="recmovie.models.s3rec"):
+        second = fitted()
+    assert "loaded from the cache" in caplog.text
+    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), key

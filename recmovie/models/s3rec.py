@@ -133,7 +133,11 @@ class S3Rec(SASRec):
         self.to(self.trainer.strategy.root_device)
         data = self.trainer.datamodule.train
         if self.params.pretrain_epochs > 0:
-            heads, attrs = self.pretrain(data)
+            # pre-training draws from a fork of the random state: the fine-tuning then draws the same
+            # numbers whether the encoder was pre-trained now or read from the cache
+            device = self.item_emb.weight.device
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+                heads, attrs = self.pretrain(data)
         else:
             attrs = self.attributes(data)
             heads = PretrainHeads(self.params.dim, attrs).to(attrs.device)
@@ -160,6 +164,7 @@ class S3Rec(SASRec):
         p = self.params
         fields = attribute_fields(p.attributes, set(data.dataset.side))
         attrs = self.attributes(data)
+        heads = PretrainHeads(p.dim, attrs).to(attrs.device)
         cache_dir = data.info.get("cache_dir")
         if cache_dir is not None:
             m = data.train_matrix
@@ -167,8 +172,6 @@ class S3Rec(SASRec):
             for a in (m.indptr, m.indices, attrs.cpu().numpy()):
                 digest.update(np.ascontiguousarray(a).tobytes())
             name = "s3rec-" + cache_key(digest.hexdigest(), fields, {k: p[k] for k in PRETRAIN_KEYS}, torch.initial_seed())
-            with torch.random.fork_rng(devices=[]):  # a cache hit draws nothing: the fine-tuning's draws stay as they were
-                heads = PretrainHeads(p.dim, attrs).to(attrs.device)
             # the prepared data's cache (recmovie/data/cache.py): atomic writes, unreadable entries rebuilt
             cached = load_arrays(cache_dir, name, (*self.net.state_dict(), *("heads." + k for k in heads.state_dict())))
             if cached is not None:
@@ -177,7 +180,6 @@ class S3Rec(SASRec):
                 heads.load_state_dict({k[len("heads."):]: v for k, v in state.items() if k.startswith("heads.")})
                 log.info("S3-Rec: pre-trained encoder loaded from the cache (%s/%s.npz)", cache_dir, name)
                 return heads, attrs
-        heads = PretrainHeads(p.dim, attrs).to(attrs.device)
         self.run_pretraining(data, attrs, fields, heads)
         if cache_dir is not None:
             state = {**self.net.state_dict(), **{"heads." + k: v for k, v in heads.state_dict().items()}}
