@@ -324,7 +324,11 @@ def resume(tmp_path: Path, run_id: str):
 
 @pytest.mark.parametrize("sig", ["INT", "TERM"])
 def test_an_interrupted_training_is_killed_and_resumes_to_the_uninterrupted_result(tmp_path, capsys, tiny_dir, sig,
-                                                                                   one_torch_thread):
+                                                                                   one_torch_thread, request):
+    # a job a shell starts in the background (`pytest &`) has Ctrl-C ignored from the start (POSIX),
+    # so Python never installs its handler; the test is about Ctrl-C in a terminal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     run_cli(train, config(tmp_path / "plain", tiny_dir, *GRADIENT))
     (plain,) = runs(tmp_path / "plain")
 
