@@ -139,7 +139,7 @@ class S3Rec(SASRec):
             with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
                 heads, attrs = self.pretrain(data)
         else:
-            attrs = self.attributes(data)
+            _, attrs = self.attributes(data)
             heads = PretrainHeads(self.params.dim, attrs).to(attrs.device)
         if self.params.aux_weight > 0:
             # registered while fitting, so the optimizer, DDP and a resumed fit see the heads; gone at
@@ -154,16 +154,16 @@ class S3Rec(SASRec):
             del self.pretrain_attrs
 
     # -- pre-training
-    def attributes(self, data) -> torch.Tensor:
+    def attributes(self, data) -> tuple[list[str], torch.Tensor]:
+        """The attribute fields and the items' multi-hot table of them, on the model's device."""
         fields = attribute_fields(self.params.attributes, set(data.dataset.side))
-        return item_attributes(data, fields, self.schema).to(self.item_emb.weight.device)
+        return fields, item_attributes(data, fields, self.schema).to(self.item_emb.weight.device)
 
     def pretrain(self, data) -> tuple[PretrainHeads, torch.Tensor]:
         """Load the cached pre-trained encoder and heads for this data and these settings, or pre-train
         them; returns the heads and the attribute table."""
         p = self.params
-        fields = attribute_fields(p.attributes, set(data.dataset.side))
-        attrs = self.attributes(data)
+        fields, attrs = self.attributes(data)
         heads = PretrainHeads(p.dim, attrs).to(attrs.device)
         cache_dir = data.info.get("cache_dir")
         if cache_dir is not None:
@@ -201,7 +201,7 @@ class S3Rec(SASRec):
             sums = torch.zeros(4, device=device)
             for batch in loader:
                 losses = self.pretrain_losses(heads, attrs, batch.items.to(device))
-                total = sum(w * v for w, v in zip((p.aap_weight, p.mip_weight, p.map_weight, p.sp_weight), losses))
+                total = self.weighted(losses)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
@@ -224,15 +224,19 @@ class S3Rec(SASRec):
         # AAP, MIP and MAP on the same sequences, bidirectionally: they keep what pre-training taught
         # (the items' attributes, an item from both sides of it) while the next-item loss tunes the
         # encoder; SP is left out, its three extra encodings per sequence would triple the step
-        p = self.params
-        aap, mip, map_, _ = self.pretrain_losses(self.pretrain_heads, self.pretrain_attrs, batch.items, with_sp=False)
-        aux = p.aap_weight * aap + p.mip_weight * mip + p.map_weight * map_
+        aux = self.weighted(self.pretrain_losses(self.pretrain_heads, self.pretrain_attrs, batch.items, with_sp=False))
         self.log_train(len(batch), aux=aux)
-        return loss + p.aux_weight * aux
+        return loss + self.params.aux_weight * aux
+
+    def weighted(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """The objectives' weighted sum (AAP, MIP, MAP[, SP], as pretrain_losses returns them)."""
+        p = self.params
+        return sum(w * v for w, v in zip((p.aap_weight, p.mip_weight, p.map_weight, p.sp_weight), losses))
 
     def pretrain_losses(self, heads: PretrainHeads, attrs: torch.Tensor, items: torch.Tensor,
                         with_sp: bool = True) -> list[torch.Tensor]:
-        """AAP, MIP, MAP and SP losses of a batch of left-padded sequences [B, W] (the newest max_len items)."""
+        """AAP, MIP, MAP (and SP, with `with_sp`) losses of a batch of left-padded sequences [B, W] (the
+        newest max_len items)."""
         items = items[:, -self.params.max_len:]
         pad, mask = self.schema.pad_item, self.schema.mask_item
         valid = items != pad
@@ -252,11 +256,11 @@ class S3Rec(SASRec):
         negatives = torch.randint(0, self.n_items, (len(hm),), device=items.device)
         gap = (hm * (self.item_emb(items[masked]) - self.item_emb(negatives))).sum(-1)
         mip = -F.logsigmoid(gap).sum() / masked.sum().clamp_min(1)
+        losses = [attribute_loss(heads.aap, valid & ~masked), mip, attribute_loss(heads.map, masked)]
         if not with_sp:
-            return [attribute_loss(heads.aap, valid & ~masked), mip, attribute_loss(heads.map, masked), mip.new_zeros(())]
+            return losses
         context = heads.sp(h_context[:, -1])
-        sp = -F.logsigmoid((context * (h_pos[:, -1] - h_neg[:, -1])).sum(-1)).mean()
-        return [attribute_loss(heads.aap, valid & ~masked), mip, attribute_loss(heads.map, masked), sp]
+        return [*losses, -F.logsigmoid((context * (h_pos[:, -1] - h_neg[:, -1])).sum(-1)).mean()]
 
     def segments(self, items: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
         """SP's three inputs: the sequences with a random segment (1 .. half their length) masked,
