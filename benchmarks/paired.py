@@ -1,0 +1,61 @@
+"""Two runs' submissions compared user by user on a black-box benchmark's hidden truth, printed:
+per part (all, last, random), the mean of B's Recall@10 minus A's over the users and its standard
+error. The standard error of a difference between two runs scored on the same users is far smaller
+than either run's own (the users' difficulty cancels), so this says whether a gap is more than noise
+in which users were drawn; what it cannot say is how much a gap moves with the runs' own seeds:
+give several seeded pairs, and the last line is the mean gap over them with its spread.
+
+    python benchmarks/paired.py --bench ../shared/bench/beauty A.csv B.csv [A2.csv B2.csv ...]
+
+Recall@10 as the competition and the benchmark's scorer define it: |top10 ∩ hidden| / min(10, |hidden|)
+per user, over the users with hidden items in that part.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PARTS = ("all", "last", "random")
+
+
+def per_user_recall(submission: Path, hidden: pd.DataFrame, k: int = 10) -> dict[str, pd.Series]:
+    """Each part's per-user Recall@k of `submission`, indexed by user."""
+    top = pd.read_csv(submission).groupby("user", sort=False).head(k)
+    out = {}
+    for part in PARTS:
+        h = hidden if part == "all" else hidden[hidden["part"] == part]
+        hits = h.merge(top, on=["user", "item"]).groupby("user").size()
+        size = h.groupby("user").size()
+        out[part] = (hits.reindex(size.index, fill_value=0) / np.minimum(size, k)).astype(float)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bench", type=Path, required=True, help="a folder with hidden.csv (user,item,part)")
+    p.add_argument("submissions", type=Path, nargs="+", help="pairs: A B [A2 B2 ...]; each difference is B - A")
+    args = p.parse_args()
+    if len(args.submissions) % 2:
+        p.error("submissions come in pairs (A B), one pair per seed")
+    hidden = pd.read_csv(args.bench / "hidden.csv")
+    gaps = {part: [] for part in PARTS}
+    print("| pair | " + " | ".join(f"{part}: B - A (± se)" for part in PARTS) + " |")
+    print("|---|" + "---|" * len(PARTS))
+    for a, b in zip(args.submissions[::2], args.submissions[1::2]):
+        ra, rb = per_user_recall(a, hidden), per_user_recall(b, hidden)
+        cells = []
+        for part in PARTS:
+            d = rb[part] - ra[part]
+            gaps[part].append(d.mean())
+            cells.append(f"{d.mean():+.4f} (± {d.std(ddof=1) / np.sqrt(len(d)):.4f})")
+        print(f"| {a.parent.name} vs {b.parent.name} | " + " | ".join(cells) + " |")
+    if len(gaps["all"]) > 1:
+        print(f"| mean over {len(gaps['all'])} pairs (sd across pairs) | " + " | ".join(
+            f"{np.mean(g):+.4f} (sd {np.std(g, ddof=1):.4f})" for g in gaps.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
