@@ -186,7 +186,7 @@ def test_confidence_weights_change_what_the_model_trains_on(small_cfg):
     model.eval()  # no noise: the only difference is the weights
     assert not torch.allclose(model.score(a), model.score(b))
     # the likelihood weighs each seen item by its confidence weight: the target is the weighted history
-    logits = model.score(b)
+    logits = model.score(b).detach()
     assert float(reconstruction_loss("multinomial", logits, b.dense())) != pytest.approx(
         float(reconstruction_loss("multinomial", logits, a.dense())))
     # every loss reads the batch's sparse rows as it reads their dense matrix
