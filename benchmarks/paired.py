@@ -18,18 +18,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recmovie.data.split import PART_NAMES, Holdout
+from recmovie.evaluation.metrics import user_recalls
+
 PARTS = ("all", "last", "random")
 
 
 def per_user_recall(submission: Path, hidden: pd.DataFrame, k: int = 10) -> dict[str, pd.Series]:
-    """Each part's per-user Recall@k of `submission`, indexed by user."""
+    """Each part's per-user Recall@k of `submission` (the evaluation's own `user_recalls`), indexed by user."""
     top = pd.read_csv(submission).groupby("user", sort=False).head(k)
+    users = pd.Index(pd.unique(pd.concat([hidden["user"], top["user"]])))
+    items = pd.Index(pd.unique(pd.concat([hidden["item"], top["item"]])))
+    rows = pd.Index(pd.unique(top["user"]))
+    lists = np.full((len(rows), k), -1, np.int64)  # a user listing fewer than k items: -1 never hits
+    lists[rows.get_indexer(top["user"]), top.groupby("user", sort=False).cumcount()] = items.get_indexer(top["item"])
+    code = {name: c for c, name in PART_NAMES.items()}
+    holdout = Holdout(users.get_indexer(hidden["user"]), items.get_indexer(hidden["item"]),
+                      hidden["part"].map(code).fillna(-1).to_numpy(np.int8))
     out = {}
     for part in PARTS:
-        h = hidden if part == "all" else hidden[hidden["part"] == part]
-        hits = h.merge(top, on=["user", "item"]).groupby("user").size()
-        size = h.groupby("user").size()
-        out[part] = (hits.reindex(size.index, fill_value=0) / np.minimum(size, k)).astype(float)
+        h = holdout if part == "all" else Holdout(*(a[holdout.part == code[part]] for a in
+                                                     (holdout.user, holdout.item, holdout.part)))
+        who, recall = user_recalls(lists, users.get_indexer(rows), h, len(users), k)
+        out[part] = pd.Series(recall, index=users[who])
     return out
 
 
