@@ -26,10 +26,10 @@ from recmovie.ensemble.fusion import METHODS, FullScoreRows, ScoreBlend, fuse, p
 from recmovie.ensemble.members import (
     check_members, find_members, member_lists, member_models, member_table, member_weights, members_data,
 )
-from recmovie.ensemble.guard import compare, held_out_users, judge, pool_recall, verdict_metrics
+from recmovie.ensemble.guard import compare, held_out_folds, judge, pool_recall, verdict_metrics
 from recmovie.ensemble.pool import build_pool, ranked_lists
 from recmovie.ensemble.rerank import Ranker, check_rerank_config, fit_ranker_on, save_ranker
-from recmovie.ensemble.search import check_search_config, search_weights
+from recmovie.ensemble.search import check_search_config, search_folds
 from recmovie.errors import ConfigError
 from recmovie.evaluation.metrics import evaluate, user_recalls
 from recmovie.evaluation.ranking import TopK, rank, release_year_filter
@@ -156,17 +156,23 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
         ranker, val_values, fused = fit_ranker_on(val_pool, m.val_data, pool, m.data, cfg.rerank, k)
         weights, held, fallback = np.ones(len(m.members)), ranker.held_users, bool(cfg.rerank.fallback)
     elif learns(cfg):
-        held = held_out_users(val_pool.users, float(cfg.search.held_share), int(cfg.search.seed))
-        learning = np.setdiff1d(np.unique(val_pool.users), held)
-        objective = pool_objective(val_pool.subset(learning), with_holdout(m.val_data, learning), cfg.method,
-                                   float(cfg.rrf_k), k)
-        weights, best, trials = search_weights(objective, len(m.members), cfg.search)
-        searched = {f"val_search_recall_at_{k}": best, "search_trials": trials}
-        fallback = bool(cfg.search.fallback)
+        def objective_on(learning: np.ndarray):
+            return pool_objective(val_pool.subset(learning), with_holdout(m.val_data, learning), cfg.method,
+                                  float(cfg.rrf_k), k)
+
+        found = search_folds(objective_on, np.unique(val_pool.users), search_held(val_pool.users, cfg.search),
+                             len(m.members), cfg.search)
+        weights, held, fallback = found.weights, np.unique(np.concatenate(found.held)), bool(cfg.search.fallback)
+        searched = {f"val_search_recall_at_{k}": found.best, "search_trials": found.trials,
+                    "search_folds": len(found.held)}
+        val_values = np.zeros(len(val_pool.users))  # each held-out user by the weights its fold's search found
+        for w, out in zip(found.fold_weights, found.held):
+            rows = np.isin(val_pool.users, out)
+            val_values[rows] = fuse(val_pool, cfg.method, w, float(cfg.rrf_k))[rows]
     else:  # weights given: judged on every validation user (nothing learned from them), said, not acted on
         weights, held, fallback = m.weights, np.unique(val_pool.users), False
-    if ranker is None:
         val_values = fuse(val_pool, cfg.method, weights, float(cfg.rrf_k))
+    if ranker is None:
         fused = fuse(pool, cfg.method, weights, float(cfg.rrf_k))
     verdict = judge(val_pool, val_values, m.val_data, held, k)
     c = Combined(None, weights, {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined, **searched},
@@ -229,12 +235,15 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
                               "fitted without the validation part (fit_mode validate); these saw it: " + ", ".join(saw))
         users = np.unique(m.val_data.holdout.user).astype(np.int64)
         rows = FullScoreRows(models, m.val_data, users, chunk)
-        held = np.isin(users, held_out_users(users, float(cfg.search.held_share), int(cfg.search.seed)))
-        weights, best, trials = search_weights(rows.objective(np.flatnonzero(~held), k), len(models), cfg.search)
-        verdict = full_score_verdict(rows, weights, np.flatnonzero(held), k)
+        found = search_folds(lambda learning: rows.objective(np.flatnonzero(np.isin(users, learning)), k), users,
+                             search_held(users, cfg.search), len(models), cfg.search)
+        weights = found.weights
+        verdict = full_score_verdict(rows, found.fold_weights,
+                                     [np.flatnonzero(np.isin(users, out)) for out in found.held], k)
         names = member_names(m.members)
         search = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined,
-                  f"val_search_recall_at_{k}": best, "search_trials": trials}
+                  f"val_search_recall_at_{k}": found.best, "search_trials": found.trials,
+                  "search_folds": len(found.held)}
         if not verdict.passed and bool(cfg.search.fallback):
             run = m.members[verdict.best]
             weights = np.eye(len(models))[verdict.best]  # the member's own order: its scores alone
@@ -250,15 +259,21 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
     return c
 
 
-def full_score_verdict(rows, weights: np.ndarray, held: np.ndarray, k: int):
-    """The guard on the held-out validation users: the blend against each member's own ranking."""
-    users = rows.users[held]
-    holdout = rows.data.holdout.of_users(users)
+def full_score_verdict(rows, fold_weights: list[np.ndarray], held: list[np.ndarray], k: int):
+    """The guard on the held-out validation users (`held`: row indices, one array per fold): each
+    fold's blend on the users it held out, against each member's own ranking of them."""
+    def per_user(w: np.ndarray, at: np.ndarray) -> np.ndarray:
+        users = rows.users[at]
+        return user_recalls(rows.top(w, at, k), users, rows.data.holdout.of_users(users), rows.data.n_users, k)[1]
 
-    def per_user(w: np.ndarray) -> np.ndarray:
-        return user_recalls(rows.top(w, held, k), users, holdout, rows.data.n_users, k)[1]
+    blend = np.concatenate([per_user(w, at) for w, at in zip(fold_weights, held)])
+    members = [np.concatenate([per_user(e, at) for at in held]) for e in np.eye(len(rows.rows))]
+    return compare(blend, members)
 
-    return compare(per_user(weights), [per_user(e) for e in np.eye(len(rows.rows))])
+
+def search_held(users: np.ndarray, search: DictConfig) -> list[np.ndarray]:
+    """The validation users each fold of the weight search holds out for the guard (`search.folds`)."""
+    return held_out_folds(users, search.folds, float(search.held_share), int(search.seed))
 
 
 def run_ensemble(cfg: DictConfig) -> float | None:
@@ -341,9 +356,12 @@ def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int,
         lines.append("  members trained with split=none: no metrics")
     if "search_trials" in search:
         w = ",".join(f"{x:g}" for x in table["weight"])
-        lines.append(f"  searched weights ({cfg.search.method}, {search['search_trials']} tried on the validation "
-                     f"users the guard does not hold out, val Recall@{k} {search[f'val_search_recall_at_{k}']:.4f}): "
-                     f"weights=[{w}]")
+        folds = int(search.get("search_folds", 1))
+        tried = (f"{search['search_trials']} tried on the validation users the guard does not hold out" if folds == 1 else
+                 f"{search['search_trials']} tried in each of {folds} folds, on the validation users the fold does not "
+                 f"hold out, the folds' weights averaged")
+        lines.append(f"  searched weights ({cfg.search.method}, {tried}, val Recall@{k} "
+                     f"{search[f'val_search_recall_at_{k}']:.4f}): weights=[{w}]")
     lines += [f"  {line}" for line in extra]
     lines.append(f"  submission: {out_dir / 'submission.csv'}")
     if run_id:

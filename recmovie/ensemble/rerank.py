@@ -42,7 +42,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from recmovie.data.prepare import PreparedData
-from recmovie.ensemble.guard import held_out_users
+from recmovie.ensemble.guard import held_out_folds
 from recmovie.ensemble.pool import Pool, hidden_rows
 from recmovie.errors import ConfigError
 
@@ -185,24 +185,6 @@ def round_report(total: int, every: int = 50):
     return report
 
 
-FOLDS_BELOW = 20_000  # folds=auto: five boosters below this many validation users, one from there on
-
-
-def held_out_folds(users: np.ndarray, cfg) -> list[np.ndarray]:
-    """The validation users each booster holds out: one random `valid_share` of them, or, with
-    `folds` > 1, every user in exactly one of `folds` random parts. `folds=auto`: 5 below
-    FOLDS_BELOW validation users, where one booster learns from few users and its held-out share
-    is too small for the guard to tell a gain from noise; 1 from there on, where five boosters
-    would cost five times as much for little."""
-    folds = cfg.get("folds", 1)
-    ids = np.unique(users)
-    folds = (5 if len(ids) < FOLDS_BELOW else 1) if folds == "auto" else int(folds)
-    if folds <= 1:
-        return [held_out_users(users, float(cfg["valid_share"]), int(cfg["seed"]))]
-    ids = np.random.default_rng(int(cfg["seed"])).permutation(ids)
-    return [np.sort(ids[f::folds]) for f in range(folds)]
-
-
 def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str], cfg) -> Ranker:
     """LambdaRank on the validation users' candidates, one booster per set of held-out users
     (`held_out_folds`), each early-stopped (NDCG@k) on the users it holds out; the boosters'
@@ -224,7 +206,8 @@ def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str]
         return lgb.Dataset(x[mask], y[mask], group=counts, feature_name=names, reference=reference,
                            free_raw_data=False)
 
-    boosters, rounds, ndcgs, helds = [], [], [], held_out_folds(users, cfg)
+    helds = held_out_folds(users, cfg.get("folds", 1), float(cfg["valid_share"]), int(cfg["seed"]))
+    boosters, rounds, ndcgs = [], [], []
     n_users = len(np.unique(users))
     for held in helds:
         in_held = np.isin(users, held)

@@ -10,6 +10,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from omegaconf import DictConfig
@@ -85,6 +86,35 @@ def search_weights(objective: Callable[[np.ndarray], float], n: int, search: Dic
     return best / best.max(), float(study.best_value), len(study.trials)
 
 
+@dataclass
+class FoldedSearch:
+    """One weight search per fold of the validation users, each on the users its fold does not hold out."""
+
+    weights: np.ndarray  # the folds' weights, each scaled to sum 1, averaged, then scaled to max 1
+    fold_weights: list[np.ndarray]  # each fold's own: what judges the users that fold held out
+    held: list[np.ndarray]  # the users each fold's search never saw
+    best: float  # the folds' best objective values, averaged
+    trials: int  # per fold
+
+
+def search_folds(objective_on: Callable[[np.ndarray], Callable[[np.ndarray], float]], users: np.ndarray,
+                 held: list[np.ndarray], n: int, search: DictConfig) -> FoldedSearch:
+    """`search_weights` once per set of held-out users (`held`, from guard.held_out_folds), each on
+    the rest of `users` (`objective_on(learning users)` is that search's objective). Averaging the
+    folds' weights, as the re-ranker averages its boosters, steadies weights that one search on a few
+    hundred users draws from its noise; every fusion is unchanged by scaling the weights, so each
+    fold's are scaled to sum 1 first."""
+    found, bests, trials = [], [], 0
+    for f, out in enumerate(held):
+        if len(held) > 1:
+            log.info("weight search: fold %d/%d", f + 1, len(held))
+        weights, best, trials = search_weights(objective_on(np.setdiff1d(users, out)), n, search)
+        found.append(weights)
+        bests.append(best)
+    mean = np.mean([w / w.sum() for w in found], axis=0)
+    return FoldedSearch(mean / mean.max(), found, held, float(np.mean(bests)), trials)
+
+
 def check_search_config(cfg: DictConfig) -> None:
     """The `search` section (and that `weights` are not given beside it)."""
     s = cfg.search
@@ -97,5 +127,8 @@ def check_search_config(cfg: DictConfig) -> None:
     if s.method == "grid" and (not s.grid or any(not isinstance(v, (int, float)) or v < 0 for v in s.grid)
                                or not any(v > 0 for v in s.grid)):
         raise ConfigError("search.grid", f"must be a list of numbers >= 0, one of them > 0, got {s.grid}")
+    folds = s.get("folds", 1)
+    if folds != "auto" and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 1):
+        raise ConfigError("search.folds", f"must be auto or an integer >= 1, got {folds!r}")
     if s.method == "optuna" and (not isinstance(s.trials, int) or s.trials < 1):
         raise ConfigError("search.trials", f"must be an integer >= 1, got {s.trials!r}")

@@ -100,6 +100,16 @@ def test_weight_search_query_selection_and_report(members, tmp_path):
     assert sorted(table["model"]) == ["ease", "itemknn", "popularity"]
     assert table["weight"].max() == 1.0
 
+    # few validation users (search.folds=auto): five searches, every validation user judged by the
+    # one that held it out; one search (folds=1) holds out held_share of them
+    assert m["search_folds"] == 5
+    run_ensemble(ensemble_config(tmp_path / "f", members, [*query, "search.method=grid", "search.grid=[0,1,3]",
+                                                           "search.folds=1"]))
+    (one,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+              if r.data.tags.get("output_dir") == str(tmp_path / "f" / "out")]
+    assert one.data.metrics["search_folds"] == 1
+    assert one.data.metrics["val_held_users"] == round(0.2 * m["val_held_users"])
+
     ocfg = ensemble_config(tmp_path / "c", members, [*query, "search.method=optuna", "search.trials=8",
                                                      "method=score_blend"])
     assert run_ensemble(ocfg) > 0
@@ -149,6 +159,7 @@ def test_members_with_other_splits_are_refused_naming_them(members, tmp_path):
         run_ensemble(cfg)
     for bad, key in [("method=vote", "method"), ("top_n=5", "top_n"), ("candidates.n=5", "candidates.n"),
                      ("search.method=random", "search.method"), ("search.method=grid search.grid=[0]", "search.grid"),
+                     ("search.method=grid search.folds=0", "search.folds"),
                      ("query.per_model=worst", "query.per_model")]:
         with pytest.raises(ConfigError, match=f"`{key}`"):
             run_ensemble(ensemble_config(tmp_path, members, [f"runs=[{a},{members.ids['ease']}]", *bad.split()]))

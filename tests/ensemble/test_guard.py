@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from recmovie.data.split import Holdout
-from recmovie.ensemble.guard import held_out_users, judge, pool_recall
+from recmovie.ensemble.guard import FOLDS_BELOW, held_out_folds, held_out_users, judge, pool_recall
 from recmovie.ensemble.pool import build_pool
 from tests.ensemble.helpers import lists, tiny_data
 
@@ -23,6 +23,16 @@ def data_with_truth():
     a = {0: [0, 4], 1: [1, 4], 2: [2, 4], 3: [5, 4]}
     b = {0: [4, 5], 1: [4, 5], 2: [4, 5], 3: [3, 4]}
     return data, build_pool(lists(a, b), 8, 2)
+
+
+def test_folds_hold_out_every_user_once_and_auto_folds_only_small_validation_parts():
+    users = np.repeat(np.arange(60), 3)
+    folds = held_out_folds(users, 4, 0.2, 1)
+    assert len(folds) == 4 and sorted(np.concatenate(folds).tolist()) == list(range(60))
+    assert [len(f) for f in folds] == [15] * 4
+    assert np.array_equal(held_out_folds(users, 1, 0.2, 1)[0], held_out_users(users, 0.2, 1))
+    assert len(held_out_folds(users, "auto", 0.2, 1)) == 5  # few validation users
+    assert len(held_out_folds(np.arange(FOLDS_BELOW), "auto", 0.2, 1)) == 1
 
 
 def test_pool_recall_is_the_share_of_hidden_items_any_member_listed():

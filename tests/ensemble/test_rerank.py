@@ -137,8 +137,3 @@ def test_folded_rankers_hold_out_every_user_once_and_the_guard_sees_each_by_the_
     assert ranker.importances()["a"] > ranker.importances()["c"]
     single = fit_ranker(x, y, users, ["a", "b", "c"], {**cfg, "folds": 1})
     assert len(single.boosters) == 1 and len(single.held_users) == 12  # valid_share of 60
-    from recmovie.ensemble.rerank import FOLDS_BELOW, held_out_folds
-
-    assert len(held_out_folds(users, {**cfg, "folds": "auto"})) == 5  # few validation users
-    many = np.arange(FOLDS_BELOW)
-    assert len(held_out_folds(many, {**cfg, "folds": "auto"})) == 1
