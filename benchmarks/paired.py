@@ -44,6 +44,11 @@ def per_user_recall(submission: Path, hidden: pd.DataFrame, k: int = 10) -> dict
     return out
 
 
+def label(submission: Path) -> str:
+    """A run's folder for its submission.csv, else the file's own name."""
+    return submission.parent.name if submission.name == "submission.csv" else submission.stem
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", type=Path, required=True, help="a folder with hidden.csv (user,item,part)")
@@ -62,7 +67,7 @@ def main() -> None:
             d = rb[part] - ra[part]
             gaps[part].append(d.mean())
             cells.append(f"{d.mean():+.4f} (± {d.std(ddof=1) / np.sqrt(len(d)):.4f})")
-        print(f"| {a.parent.name} vs {b.parent.name} | " + " | ".join(cells) + " |")
+        print(f"| {label(a)} vs {label(b)} | " + " | ".join(cells) + " |")
     if len(gaps["all"]) > 1:
         print(f"| mean over {len(gaps['all'])} pairs (sd across pairs) | " + " | ".join(
             f"{np.mean(g):+.4f} (sd {np.std(g, ddof=1):.4f})" for g in gaps.values()) + " |")
