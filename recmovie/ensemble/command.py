@@ -27,7 +27,7 @@ from recmovie.ensemble.members import (
     check_members, find_members, member_lists, member_models, member_table, member_weights, members_data,
 )
 from recmovie.ensemble.guard import compare, held_out_folds, judge, pool_recall, verdict_metrics
-from recmovie.ensemble.pool import build_pool, ranked_lists
+from recmovie.ensemble.pool import Pool, build_pool, ranked_lists
 from recmovie.ensemble.rerank import Ranker, check_rerank_config, fit_ranker_on, save_ranker
 from recmovie.ensemble.search import check_search_config, search_folds
 from recmovie.errors import ConfigError
@@ -156,19 +156,8 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
         ranker, val_values, fused = fit_ranker_on(val_pool, m.val_data, pool, m.data, cfg.rerank, k)
         weights, held, fallback = np.ones(len(m.members)), ranker.held_users, bool(cfg.rerank.fallback)
     elif learns(cfg):
-        def objective_on(learning: np.ndarray):
-            return pool_objective(val_pool.subset(learning), with_holdout(m.val_data, learning), cfg.method,
-                                  float(cfg.rrf_k), k)
-
-        found = search_folds(objective_on, np.unique(val_pool.users), search_held(val_pool.users, cfg.search),
-                             len(m.members), cfg.search)
-        weights, held, fallback = found.weights, np.unique(np.concatenate(found.held)), bool(cfg.search.fallback)
-        searched = {f"val_search_recall_at_{k}": found.best, "search_trials": found.trials,
-                    "search_folds": len(found.held)}
-        val_values = np.zeros(len(val_pool.users))  # each held-out user by the weights its fold's search found
-        for w, out in zip(found.fold_weights, found.held):
-            rows = np.isin(val_pool.users, out)
-            val_values[rows] = fuse(val_pool, cfg.method, w, float(cfg.rrf_k))[rows]
+        weights, held, val_values, searched = searched_weights(cfg, val_pool, m.val_data, len(m.members), k)
+        fallback = bool(cfg.search.fallback)
     else:  # weights given: judged on every validation user (nothing learned from them), said, not acted on
         weights, held, fallback = m.weights, np.unique(val_pool.users), False
         val_values = fuse(val_pool, cfg.method, weights, float(cfg.rrf_k))
@@ -195,6 +184,25 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
         fused = -pool.ranks[:, verdict.best]
     c.topk, c.filled = ranked_lists(pool, fused, m.data, depth, k)
     return c
+
+
+def searched_weights(cfg: DictConfig, val_pool: Pool, val_data: PreparedData, n: int, k: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """The weights searched on the validation pool, fold by fold (`search.folds`): (the folds'
+    weights averaged, the users the guard judges, one value per validation pool row, each held-out
+    user's by the weights of the search that held it out, the search's figures)."""
+    def objective_on(learning: np.ndarray):
+        return pool_objective(val_pool.subset(learning), with_holdout(val_data, learning), cfg.method,
+                              float(cfg.rrf_k), k)
+
+    found = search_folds(objective_on, np.unique(val_pool.users), search_held(val_pool.users, cfg.search), n,
+                         cfg.search)
+    values = np.zeros(len(val_pool.users))
+    for w, out in zip(found.fold_weights, found.held):
+        rows = np.isin(val_pool.users, out)
+        values[rows] = fuse(val_pool, cfg.method, w, float(cfg.rrf_k))[rows]
+    figures = {f"val_search_recall_at_{k}": found.best, "search_trials": found.trials, "search_folds": len(found.held)}
+    return found.weights, np.unique(np.concatenate(found.held)), values, figures
 
 
 def member_name(model: str, run_id: str) -> str:
