@@ -63,10 +63,10 @@ def main() -> None:
     data = [*source, "split=none", "refit=true", f"candidates.n={args.top_n}",
             f"paths.cache_dir={work.resolve() / 'cache'}"]
 
-    def measured(name: str, seconds: float, submission: Path) -> dict:
+    def measured(name: str, seconds: float, submission: Path, run_id: str | None = None) -> dict:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
         hidden = None if args.synthetic else score(args.scorer, args.bench, submission)
-        return {"name": name, "seconds": seconds, "rss_gb": rss, "hidden": hidden}
+        return {"name": name, "seconds": seconds, "rss_gb": rss, "hidden": hidden, "val": validation(uri, run_id)}
 
     rows, ids = [], []
     for n, spec in enumerate(args.members):
@@ -81,7 +81,7 @@ def main() -> None:
             run_id = latest_run_id(uri)
             (out / "run_id").write_text(run_id)
         ids.append(run_id)
-        rows.append(measured(spec, time.perf_counter() - t0, out / "submission.csv"))
+        rows.append(measured(spec, time.perf_counter() - t0, out / "submission.csv", run_id))
 
     runs = f"runs=[{','.join(ids)}]"
     jobs = [("rerank", ["method=rerank", f"top_n={args.top_n}", *args.rerank])]
@@ -104,7 +104,7 @@ def main() -> None:
             weights = [line.split(",")[2] for line in (out / "members.csv").read_text().splitlines()[1:]]
             found[name] = weights
             name = f"{name} (weights {','.join(weights)})"
-        rows.append(measured(name, time.perf_counter() - t0, out / "submission.csv"))
+        rows.append(measured(name, time.perf_counter() - t0, out / "submission.csv", latest_run_id(uri)))
 
     if args.synthetic:
         print(f"\nsynthetic (competition size): members {args.members}, top_n {args.top_n}, split=none refit=true; "
@@ -121,16 +121,32 @@ def main() -> None:
     n_members = len(args.members)
     best = max(rows[:n_members], key=lambda r: r["hidden"]["recall"]["all"])
     print(f"\n{args.bench.name}: members {args.members}, top_n {args.top_n}, split=none refit=true; store {uri}")
-    print("| run | hidden R@10 (± se) | last | random | NDCG@10 | x best member | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | validation R@10 | hidden R@10 (± se) | last | random | NDCG@10 | x best member | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         h = r["hidden"]
-        print(f"| {r['name']} | {h['recall']['all']:.4f} (± {h['recall_se']['all']:.4f}) | {h['recall']['last']:.4f} | "
-              f"{h['recall']['random']:.4f} | {h['ndcg']['all']:.4f} | "
+        print(f"| {r['name']} | {r['val']} | {h['recall']['all']:.4f} (± {h['recall_se']['all']:.4f}) | "
+              f"{h['recall']['last']:.4f} | {h['recall']['random']:.4f} | {h['ndcg']['all']:.4f} | "
               f"{h['recall']['all'] / best['hidden']['recall']['all']:.3f} | {r['seconds']:.1f} |", flush=True)
-    print(f"best member: {best['name']}; seconds: members = train(), ensembles = ensemble.py (search included)")
+    print(f"best member: {best['name']}; seconds: members = train(), ensembles = ensemble.py (search included); "
+          "validation R@10: what selects (a member's on the whole validation part; a combination's on the "
+          "validation users its guard held out, with its margin over the best member there)")
     if args.slot_mix:
         slot_mix(args, work, n_members)
+
+
+def validation(uri: str, run_id: str | None) -> str:
+    """A run's validation Recall@10 as its MLflow run logged it (and a combination's guard margin):
+    the figure that chooses between member sets, beside the hidden one that only reports."""
+    if run_id is None:
+        return ""
+    import mlflow
+
+    m = mlflow.MlflowClient(uri).get_run(run_id).data.metrics
+    if "val_recall_at_10" not in m:
+        return ""
+    margin = f" ({m['guard_margin']:+.4f} ± {m['guard_se']:.4f})" if "guard_margin" in m else ""
+    return f"{m['val_recall_at_10']:.4f}{margin}"
 
 
 def slot_mix(args, work: Path, n_members: int) -> None:
