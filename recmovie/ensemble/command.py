@@ -133,12 +133,13 @@ def learns(cfg: DictConfig) -> bool:
 @dataclass
 class Combined:
     topk: TopK
-    weights: np.ndarray
+    weights: np.ndarray  # what the submission used: after a fallback, the member's own (one-hot)
     search: dict = field(default_factory=dict)  # validation figures of what was learned, and the guard's
     ranker: Ranker | None = None
     filled: int = 0  # users the members left short of k items, filled by popularity
     lines: list = field(default_factory=list)  # what the summary says beyond the table (pool recall, guard)
     fallback: str | None = None  # the member whose list was submitted instead, when the guard refused
+    searched: np.ndarray | None = None  # the weights a search found, whether the guard kept them or not
 
 
 def combine(cfg: DictConfig, m: Loaded) -> Combined:
@@ -167,6 +168,7 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
     c = Combined(None, weights, {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined, **searched},
                  ranker)
     c.search.update(val_pool_recall=pool_recall(val_pool, m.val_data), pool_recall=pool_recall(pool, m.data))
+    c.searched = weights if searched else None
     names = member_names(m.members)
     if learns(cfg):
         c.lines = pool_lines(c.search) + [verdict.line(cfg.method, k, names)]
@@ -182,6 +184,7 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
         c.lines.append(f"fallback: submitting {names[verdict.best]}'s own list (run {run.info.run_id}); "
                        f"{'rerank' if cfg.method == 'rerank' else 'search'}.fallback=false submits the combination")
         fused = -pool.ranks[:, verdict.best]
+        c.weights = np.eye(len(m.members))[verdict.best]
     c.topk, c.filled = ranked_lists(pool, fused, m.data, depth, k)
     return c
 
@@ -255,11 +258,11 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
         if not verdict.passed and bool(cfg.search.fallback):
             run = m.members[verdict.best]
             weights = np.eye(len(models))[verdict.best]  # the member's own order: its scores alone
-            c = Combined(None, weights, search, fallback=f"{run.info.run_id} ({model_of(run)})")
+            c = Combined(None, weights, search, fallback=f"{run.info.run_id} ({model_of(run)})", searched=found.weights)
             c.lines = [verdict.line("full-score blend", k, names), f"fallback: submitting {names[verdict.best]}'s own "
                        f"ranking (run {run.info.run_id}); search.fallback=false submits the blend"]
         else:
-            c = Combined(None, weights, search, lines=[verdict.line("full-score blend", k, names)])
+            c = Combined(None, weights, search, lines=[verdict.line("full-score blend", k, names)], searched=weights)
     else:
         c = Combined(None, weights)
     c.topk = rank(ScoreBlend(models, c.weights), m.data, k=int(cfg.candidates.n), chunk_size=chunk,
@@ -347,11 +350,12 @@ def publish(cfg: DictConfig, m: Loaded, c: Combined, metrics: dict, fit_seconds:
                 run.log_artifact(path, "ranker")
         if c.fallback:
             run.set_tags({"fallback": c.fallback})
-        print_summary(cfg, table, metrics, c.search, k, out_dir, run.run_id, c.lines)
+        print_summary(cfg, table, metrics, c.search, k, out_dir, run.run_id, c.lines, c.searched)
 
 
 def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int, out_dir: Path,
-                  run_id: str | None, extra: list[str] = ()) -> None:
+                  run_id: str | None, extra: list[str] = (), searched: np.ndarray | None = None) -> None:
+    """The console summary; `searched`: the weights a search found, shown even when the guard refused them."""
     cols = [f"recall_at_{k}", f"recall_at_{k}_last", f"recall_at_{k}_random", f"ndcg_at_{k}"]
     head = f"  {'member':<24} {'weight':>7} {'R@' + str(k):>7} {'last':>7} {'random':>7} {'NDCG':>7}"
     lines = [f"ensemble {cfg.method} of {len(table)} runs, top_n {cfg.top_n}", head]
@@ -363,7 +367,7 @@ def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int,
     else:
         lines.append("  members trained with split=none: no metrics")
     if "search_trials" in search:
-        w = ",".join(f"{x:g}" for x in table["weight"])
+        w = ",".join(f"{x:g}" for x in (table["weight"] if searched is None else np.round(searched, 4)))
         folds = int(search.get("search_folds", 1))
         tried = (f"{search['search_trials']} tried on the validation users the guard does not hold out" if folds == 1 else
                  f"{search['search_trials']} tried in each of {folds} folds, on the validation users the fold does not "

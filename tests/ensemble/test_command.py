@@ -99,6 +99,10 @@ def test_weight_search_query_selection_and_report(members, tmp_path):
     table = pd.read_csv(f"{cfg.paths.output_dir}/members.csv")
     assert sorted(table["model"]) == ["ease", "itemknn", "popularity"]
     assert table["weight"].max() == 1.0
+    # members.csv's weights are what the submission used: after a fallback, the member's own alone
+    if "fallback" in run.data.tags:
+        assert table["weight"].tolist().count(1.0) == 1 and table["weight"].sum() == 1.0
+        assert table.loc[table["weight"] == 1.0, "run_id"].item() == run.data.tags["fallback"].split()[0]
 
     # few validation users (search.folds=auto): five searches, every validation user judged by the
     # one that held it out; one search (folds=1) holds out held_share of them
