@@ -152,12 +152,12 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
         topk, filled = ranked_lists(pool, fuse(pool, cfg.method, m.weights, float(cfg.rrf_k)), m.data, depth, k)
         return Combined(topk, m.weights, filled=filled)
     val_pool = build_pool(m.val_lists, m.data.n_items, top_n)
-    ranker, searched = None, {}
+    ranker, search_figures = None, {}
     if cfg.method == "rerank":
         ranker, val_values, fused = fit_ranker_on(val_pool, m.val_data, pool, m.data, cfg.rerank, k)
         weights, held, fallback = np.ones(len(m.members)), ranker.held_users, bool(cfg.rerank.fallback)
     elif learns(cfg):
-        weights, held, val_values, searched = searched_weights(cfg, val_pool, m.val_data, len(m.members), k)
+        weights, held, val_values, search_figures = searched_weights(cfg, val_pool, m.val_data, len(m.members), k)
         fallback = bool(cfg.search.fallback)
     else:  # weights given: judged on every validation user (nothing learned from them), said, not acted on
         weights, held, fallback = m.weights, np.unique(val_pool.users), False
@@ -165,10 +165,9 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
     if ranker is None:
         fused = fuse(pool, cfg.method, weights, float(cfg.rrf_k))
     verdict = judge(val_pool, val_values, m.val_data, held, k)
-    c = Combined(None, weights, {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined, **searched},
-                 ranker)
-    c.search.update(val_pool_recall=pool_recall(val_pool, m.val_data), pool_recall=pool_recall(pool, m.data))
-    c.searched = weights if searched else None
+    figures = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined, **search_figures,
+               "val_pool_recall": pool_recall(val_pool, m.val_data), "pool_recall": pool_recall(pool, m.data)}
+    c = Combined(None, weights, figures, ranker, searched=weights if search_figures else None)
     names = member_names(m.members)
     if learns(cfg):
         c.lines = pool_lines(c.search) + [verdict.line(cfg.method, k, names)]
@@ -367,7 +366,7 @@ def print_summary(cfg, table: pd.DataFrame, metrics: dict, search: dict, k: int,
     else:
         lines.append("  members trained with split=none: no metrics")
     if "search_trials" in search:
-        w = ",".join(f"{x:g}" for x in (table["weight"] if searched is None else np.round(searched, 4)))
+        w = ",".join(f"{x:g}" for x in np.round(searched, 4))  # a search's runs always carry them
         folds = int(search.get("search_folds", 1))
         tried = (f"{search['search_trials']} tried on the validation users the guard does not hold out" if folds == 1 else
                  f"{search['search_trials']} tried in each of {folds} folds, on the validation users the fold does not "
