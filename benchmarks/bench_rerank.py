@@ -9,7 +9,8 @@ fit on the fit part first, so that they too leave validation candidates, then on
 keeping `--top-n` candidates per user. Then, from the same runs: `method=rerank` (the ranker
 learns on the validation candidates) and the weight-searched blends (`rank_vote`, `score_blend`;
 weights searched on the same validation candidates), and score_blend over the members' full score
-rows (`full_scores=true`, reloaded checkpoints) with the weights the candidate score_blend found.
+rows (`full_scores=true`, reloaded checkpoints), its weights searched on the validation users' full
+scores from the members as fitted without the validation part (`save_val_model=true`).
 Everything is scored on hidden.csv by the
 benchmark's scorer, with its standard error; nothing that selects sees hidden.csv.
 
@@ -46,7 +47,7 @@ def main() -> None:
     p.add_argument("--synthetic", action="store_true", help="competition-size synthetic data: time and peak RSS only")
     p.add_argument("--blends", nargs="*", default=["rank_vote", "score_blend"])
     p.add_argument("--full-scores", action=argparse.BooleanOptionalAction, default=True,
-                   help="also blend the members' full score rows (score_blend full_scores=true) with score_blend's weights")
+                   help="also blend the members' full score rows (score_blend full_scores=true), weights searched")
     p.add_argument("--trials", type=int, default=100, help="optuna trials of the blends' weight search")
     p.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder (reused if given)")
     p.add_argument("--slot-mix", action="store_true", help="the last member's top s, then the first member's (see above)")
@@ -60,7 +61,7 @@ def main() -> None:
     uri = f"sqlite:///{work.resolve() / 'mlruns' / 'mlflow.db'}"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     source = ["data=synthetic"] if args.synthetic else ["data=competition", f"data.dir={args.bench / 'input'}"]
-    data = [*source, "split=none", "refit=true", f"candidates.n={args.top_n}",
+    data = [*source, "split=none", "refit=true", f"candidates.n={args.top_n}", "save_val_model=true",
             f"paths.cache_dir={work.resolve() / 'cache'}"]
 
     def measured(name: str, seconds: float, submission: Path, run_id: str | None = None) -> dict:
@@ -89,20 +90,14 @@ def main() -> None:
     jobs += [(m, [f"method={m}", f"top_n={min(args.top_n, 50)}", "search.method=optuna", f"search.trials={args.trials}"])
              for m in args.blends]
     if "score_blend" in args.blends and args.full_scores:
-        # the members' full score rows, blended with the weights the candidate blend found on the
-        # validation part (refit=true members were refitted on it, so the full-score search, which
-        # needs members that never saw it, would refuse them)
-        jobs.append(("score_blend_full", ["method=score_blend", "full_scores=true"]))
-    found: dict[str, list[str]] = {}
+        jobs.append(("score_blend_full", ["method=score_blend", "full_scores=true", "search.method=optuna",
+                                          f"search.trials={args.trials}"]))
     for name, overrides in jobs:
         out = work / "runs" / f"ens-{name}"
         t0 = time.perf_counter()
-        if name == "score_blend_full":
-            overrides = [*overrides, f"weights=[{','.join(found['score_blend'])}]"]
         run_ensemble(compose("ensemble", [runs, *overrides], out, uri))
         if name != "rerank":
             weights = [line.split(",")[2] for line in (out / "members.csv").read_text().splitlines()[1:]]
-            found[name] = weights
             name = f"{name} (weights {','.join(weights)})"
         rows.append(measured(name, time.perf_counter() - t0, out / "submission.csv", latest_run_id(uri)))
 

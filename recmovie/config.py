@@ -92,6 +92,8 @@ def check_run_config(cfg: DictConfig) -> None:
         raise ConfigError("refit", f"must be auto, true or false, got {cfg.refit!r}")
     if cfg.refit is True and cfg.validation.name == "none":
         raise ConfigError("refit", "needs a validation part to select on (validation=none): split@validation=competition")
+    if not isinstance(cfg.get("save_val_model", False), bool):
+        raise ConfigError("save_val_model", f"must be true or false, got {cfg.save_val_model!r}")
     check_confidence_config(cfg.confidence)
 
 

@@ -196,13 +196,18 @@ def publish(job: Job, data: PreparedData, fitted: Fitted, topk: TopK, metrics: d
     paths = write_outputs(out_dir, data, topk, k)
     if fitted.val_topk is not None:
         paths["val_candidates"] = write_candidates(out_dir / "val_candidates.csv", fitted.val_topk, data)
-    ckpt = model.checkpoint()
-    ckpt.update(config=job.resolved, data_fingerprint=data.fingerprint,
-                item_ids=plain(data.dataset.item_ids), user_ids=plain(data.dataset.user_ids))
     # large (an EASE matrix is n_items^2 floats): written once, straight into a local store
     model_dir = run.local_artifact_dir()
     model_path = (model_dir / "model" if model_dir else out_dir) / "model.pt"
-    save_checkpoint(ckpt, model_path)
+    saved = [(model, model_path)]
+    if fitted.val_model is not None:  # what a full-score ensemble searches its weights on
+        saved.append((fitted.val_model, model_path.with_name("val_model.pt")))
+        run.set_tags({"val_model": "true"})
+    for fitted_model, path in saved:
+        ckpt = fitted_model.checkpoint()
+        ckpt.update(config=job.resolved, data_fingerprint=data.fingerprint,
+                    item_ids=plain(data.dataset.item_ids), user_ids=plain(data.dataset.user_ids))
+        save_checkpoint(ckpt, path)
     epochs = {key: float(v) for key, v in fitted.info.items() if v is not None and key != "best_score"}
     # the selection figures one step past the training curves (epochs count from 1), so MLflow's
     # latest value of val_recall_at_k is the kept model's
@@ -211,7 +216,8 @@ def publish(job: Job, data: PreparedData, fitted: Fitted, topk: TopK, metrics: d
     for path in paths.values():
         run.log_artifact(path)
     if model_dir is None:
-        run.log_artifact(model_path, "model")
+        for _, path in saved:
+            run.log_artifact(path, "model")
     run.set_tags({"checkpoint": str(model_path)})
     report(cfg.model.name, data, k, fitted.val_metrics, metrics, timings, out_dir, run.run_id, model_path)
 

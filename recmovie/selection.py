@@ -59,6 +59,7 @@ class Fitted:
     val_topk: TopK | None = None
     val_metrics: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # epochs, best_epoch, refit_epochs
+    val_model: Recommender | None = None  # refit with save_val_model: the model fitted without the validation part
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
@@ -149,7 +150,8 @@ def fit_model(model: Recommender, data: PreparedData, cfg: DictConfig, run, pref
             log.info("refit: %d epochs (the validation part's best); training on the whole training part", epochs)
             info["refit_epochs"] = epochs
         fit_once(fresh, data, None, cfg, run, max_epochs=epochs, prefix="refit")  # curves: refit-train_loss, ...
-        model = fresh
+        probe, model = model, fresh
+        return Fitted(model, val_topk, val_metrics, info, probe if cfg.get("save_val_model") else None)
     return Fitted(model, val_topk, val_metrics, info)
 
 

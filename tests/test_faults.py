@@ -145,6 +145,7 @@ BAD_VALUES = [
     (["confidence=time", "confidence.time.floor=x"], "config `confidence.time.floor`: must be a number, got 'x'"),
     (["split.n_last=-2"], "config `split.n_last`: must be an integer >= 0"),
     (["refit=maybe"], "config `refit`: must be auto, true or false"),
+    (["save_val_model=1"], "config `save_val_model`: must be true or false, got 1"),
     (["model=ease", "loss=bpr"], "config `loss`: model ease has no loss to choose"),
     (["data.cache=yes"], "config `data.cache`: must be true or false, got 'yes'"),
 ]

@@ -67,6 +67,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("search.held_share", f"must be a number in (0, 1), got {share!r}")
     if cfg.get("full_scores") and cfg.method != "score_blend":
         raise ConfigError("full_scores", f"only score_blend blends full score rows, got method={cfg.method}")
+    head = cfg.get("full_scores_head")
+    if head is not None and (not isinstance(head, int) or isinstance(head, bool) or head < 2):
+        raise ConfigError("full_scores_head", f"must be null or an integer >= 2, got {head!r}")
     check_search_config(cfg)
 
 
@@ -232,19 +235,21 @@ def pool_lines(figures: dict) -> list[str]:
 
 
 def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
-    """score_blend over every item of the members' reloaded models. Weights searched on the
-    validation part need members whose saved model never saw it (fit_mode `validate`)."""
-    k, chunk = int(cfg.eval.k), int(cfg.get("chunk_size", 1024))
+    """score_blend over every item of the members' reloaded models. Weights are searched on the
+    validation part with the models fitted without it (a refit member's val_model.pt), then blend
+    the final models' scores, as the candidate blends learn on validation candidates."""
+    k, chunk, head = int(cfg.eval.k), int(cfg.get("chunk_size", 1024)), cfg.get("full_scores_head")
     models = member_models(m.uri, m.members)
     weights, search = m.weights, {}
     if weights is None:
         saw = [f"{r.info.run_id} ({model_of(r)}: {r.data.tags.get('fit_mode')})" for r in m.members
-               if r.data.tags.get("fit_mode") != "validate"]
+               if r.data.tags.get("fit_mode") != "validate" and r.data.tags.get("val_model") != "true"]
         if saw:
-            raise ConfigError("full_scores", "searching weights on full scores needs members whose saved model was "
-                              "fitted without the validation part (fit_mode validate); these saw it: " + ", ".join(saw))
+            raise ConfigError("full_scores", "searching weights on full scores needs each member's model fitted "
+                              "without the validation part (train refit members with save_val_model=true); "
+                              "these have none: " + ", ".join(saw))
         users = np.unique(m.val_data.holdout.user).astype(np.int64)
-        rows = FullScoreRows(models, m.val_data, users, chunk)
+        rows = FullScoreRows(member_models(m.uri, m.members, validation=True), m.val_data, users, chunk, head)
         found = search_folds(lambda learning: rows.objective(np.flatnonzero(np.isin(users, learning)), k), users,
                              search_held(users, cfg.search), len(models), cfg.search)
         weights = found.weights
@@ -264,7 +269,7 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
             c = Combined(None, weights, search, lines=[verdict.line("full-score blend", k, names)], searched=weights)
     else:
         c = Combined(None, weights)
-    c.topk = rank(ScoreBlend(models, c.weights), m.data, k=int(cfg.candidates.n), chunk_size=chunk,
+    c.topk = rank(ScoreBlend(models, c.weights, head), m.data, k=int(cfg.candidates.n), chunk_size=chunk,
                   item_filter=release_year_filter(cfg.get("filter"), m.data))
     return c
 

@@ -6,7 +6,8 @@ the rank it gave the item, from 1):
   rrf          reciprocal-rank fusion (Cormack et al. 2009): sum(w / (rrf_k + r)), unlisted items add 0
   score_blend  sum(w * s): s = the member's score min-max normalised over the user's top_n, unlisted 0
   full-score blend  the same over every item, from the members' reloaded models, each member's
-               scores standardised per user over the unseen items; ranked by the ranking engine
+               scores standardised per user by its top `full_scores_head` unseen items (their mean
+               and spread); ranked by the ranking engine
                (recmovie.evaluation.ranking.rank), so the release-year filter applies as in training
 """
 from __future__ import annotations
@@ -115,25 +116,27 @@ class PoolGrid:
 
 class ScoreBlend(torch.nn.Module):
     """The full-score blend as a model the ranking engine ranks: score = sum over members of
-    w * (the member's scores standardised per user over the unseen items)."""
+    w * (the member's scores standardised per user by its `head` best unseen items)."""
 
-    def __init__(self, models: list, weights: np.ndarray):
+    def __init__(self, models: list, weights: np.ndarray, head: int | None):
         super().__init__()
         self.members = torch.nn.ModuleList(models)
         self.weights = [float(w) for w in weights]
+        self.head = head
 
     def score(self, batch: UserBatch) -> torch.Tensor:
-        return sum(w * standardised(m.score(batch).float(), batch) for m, w in zip(self.members, self.weights) if w > 0)
+        return sum(w * standardised(m.score(batch).float(), batch, self.head)
+                   for m, w in zip(self.members, self.weights) if w > 0)
 
 
 class FullScoreRows:
-    """Each member's full score rows of `users` (validation users), standardised per user over the
-    unseen items, computed once: what a full-score weight search and its guard read."""
+    """Each member's full score rows of `users` (validation users), standardised per user as the
+    blend does (`head`), computed once: what a full-score weight search and its guard read."""
 
-    def __init__(self, models: list, data: PreparedData, users: np.ndarray, chunk: int):
+    def __init__(self, models: list, data: PreparedData, users: np.ndarray, chunk: int, head: int | None):
         self.data, self.users = data, users
         with torch.no_grad():
-            self.rows = [torch.cat([standardised(m.score(b).float(), b) for b in
+            self.rows = [torch.cat([standardised(m.score(b).float(), b, head) for b in
                                     (data.user_batch(users[s : s + chunk]) for s in range(0, len(users), chunk))])
                          for m in models]
         self.batch = data.user_batch(users)

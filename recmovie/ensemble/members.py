@@ -108,12 +108,14 @@ def member_lists(uri: str, members: list, data: PreparedData, top_n: int, valida
     return lists
 
 
-def member_models(uri: str, members: list) -> list[Recommender]:
-    """Each member's model, reloaded from its checkpoint (for the full-score blend)."""
+def member_models(uri: str, members: list, validation: bool = False) -> list[Recommender]:
+    """Each member's model, reloaded from its checkpoint (for the full-score blend); `validation`:
+    the model fitted without the validation part (a refit run's val_model.pt, else its model.pt)."""
     models = []
     for r in members:
+        name = "val_model.pt" if validation and r.data.tags.get("fit_mode") == "refit" else "model.pt"
         try:
-            with run_file(uri, r, "model/model.pt", key="full_scores") as path:
+            with run_file(uri, r, f"model/{name}", key="full_scores") as path:
                 ckpt = load_checkpoint(path)
         except DataError as e:
             raise ConfigError("full_scores", f"run {r.info.run_id} ({model_of(r)}) has no reloadable model: {e}") from None

@@ -102,13 +102,20 @@ def ranked_lists(pool: Pool, fused: np.ndarray, data: PreparedData, depth: int, 
     return TopK(np.arange(data.n_users), top_items, top_scores), len(short)
 
 
-def standardised(scores: torch.Tensor, batch: UserBatch) -> torch.Tensor:
-    """Each row of full scores standardised over the user's unseen items (seen ones set to 0,
-    masked later): the full-score blend's scale-free member scores."""
+def standardised(scores: torch.Tensor, batch: UserBatch, head: int | None = None) -> torch.Tensor:
+    """Each row of full scores centred and scaled by the mean and spread of the user's `head` best
+    unseen items' scores (None: of every unseen item); seen items set to 0, masked later. The
+    full-score blend's scale-free member scores: scaled by its head, a member's scale is set by the
+    items that compete for a place in the list, not by the thousands of its tail, whose spread
+    differs from member to member and says nothing about the top."""
     seen = torch.zeros_like(scores, dtype=torch.bool)
     seen[batch.row_ids(), batch.indices] = True
-    keep = ~seen
+    values = scores.masked_fill(seen, float("-inf"))
+    if head is not None:
+        values = values.topk(min(int(head), scores.shape[1]), dim=1).values
+    keep = torch.isfinite(values)  # with a head: fewer than `head` unseen items leave -inf in it
+    values = values.masked_fill(~keep, 0.0)
     n = keep.sum(1, keepdim=True).clamp_min(1)
-    mean = (scores * keep).sum(1, keepdim=True) / n
-    std = (((scores - mean) * keep) ** 2).sum(1, keepdim=True).div(n).sqrt().clamp_min(1e-12)
+    mean = values.sum(1, keepdim=True) / n
+    std = (((values - mean) * keep) ** 2).sum(1, keepdim=True).div(n).sqrt().clamp_min(1e-12)
     return ((scores - mean) / std).masked_fill(seen, 0.0)

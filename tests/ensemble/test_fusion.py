@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from recmovie.ensemble.command import run_ensemble
 from recmovie.ensemble.members import member_models
@@ -51,7 +52,8 @@ def test_full_score_blend_reloads_the_members_and_searches_on_validation(members
     data = load_data(OmegaConf.load(mlflow.artifacts.download_artifacts(run_id=ids[0], artifact_path="config.yaml",
                                                                          dst_path=str(tmp_path / "c"))))
     batch = data.user_batch(np.array([0]))
-    total = standardised(ease.score(batch), batch) + 0.5 * standardised(knn.score(batch), batch)
+    head = cfg.full_scores_head
+    total = standardised(ease.score(batch), batch, head) + 0.5 * standardised(knn.score(batch), batch, head)
     seen = set(batch.indices.tolist())
     expected = [int(i) for i in torch.argsort(-total[0], stable=True) if int(i) not in seen][:10]
     sub = pd.read_csv(f"{cfg.paths.output_dir}/submission.csv")
@@ -74,9 +76,71 @@ def test_full_score_blend_reloads_the_members_and_searches_on_validation(members
     with pytest.raises(ConfigError, match="`full_scores`: only score_blend"):
         run_ensemble(ensemble_config(tmp_path / "r", members, [runs, "method=rank_vote", "full_scores=true"]))
     none_runs = f"runs=[{members.ids['genre_rule']},{members.ids['popularity-none']}]"
-    with pytest.raises(ConfigError, match="`full_scores`.*fitted without the validation part"):
+    with pytest.raises(ConfigError, match="`full_scores`.*fitted without the validation part.*save_val_model=true"):
         run_ensemble(ensemble_config(tmp_path / "n", members, [none_runs, "method=score_blend", "full_scores=true",
                                                                "search.method=grid"]))
+    with pytest.raises(ConfigError, match="`full_scores_head`: must be null or an integer >= 2, got 1"):
+        run_ensemble(ensemble_config(tmp_path / "h", members, [runs, "method=score_blend", "full_scores=true",
+                                                               "full_scores_head=1", "weights=[1,1]"]))
+
+
+def test_standardised_scales_by_the_users_head_of_unseen_items():
+    from recmovie.data.batches import UserBatch
+
+    scores = torch.tensor([[9.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    batch = UserBatch(torch.tensor([0]), torch.tensor([0, 1]), torch.tensor([0]), torch.ones(1), 6)  # item 0 seen
+    # the head of 2 unseen items is 4 and 3: mean 3.5, spread 0.5; the seen item is 0
+    assert standardised(scores, batch, 2).tolist() == [[0.0, 1.0, -1.0, -3.0, -5.0, -7.0]]
+    # a head longer than the unseen items: all of them (mean 2, spread sqrt(2)), as head=None
+    everything = standardised(scores, batch, None)
+    assert torch.allclose(standardised(scores, batch, 10), everything)
+    assert torch.allclose(everything[0, 1:], (scores[0, 1:] - 2.0) / 2 ** 0.5)
+
+
+def train_member(members, tmp_path, name: str, overrides: list[str]) -> str:
+    """One more member run in the shared store (split=none, refit=true): its run id."""
+    from omegaconf import open_dict
+
+    from recmovie.pipeline import train
+    from tests.conftest import make_config
+
+    data_dir = OmegaConf.select(members.cfg, "data.dir")
+    cfg = make_config(tmp_path, ["data=competition", f"data.dir={data_dir}", "split=none", "refit=true", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / f"out-{name}")
+        cfg.tracking.uri = members.cfg.tracking.uri
+        cfg.paths.cache_dir = members.cfg.paths.cache_dir
+    train(cfg)
+    return mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              order_by=["attributes.start_time DESC"])[0].info.run_id
+
+
+def test_a_full_score_search_over_refit_members_reads_their_models_fitted_without_validation(members, tmp_path):
+    """Refit members trained with save_val_model=true keep the model fitted on the fit part; the
+    full-score search and its guard read it, the submission blends the refitted models."""
+    ease = train_member(members, tmp_path, "ease", ["model=ease", "model.l2=50", "save_val_model=true"])
+    knn = train_member(members, tmp_path, "knn", ["model=itemknn", "save_val_model=true"])
+    plain = train_member(members, tmp_path, "plain", ["model=ease", "model.l2=50"])
+    client = mlflow.MlflowClient(members.cfg.tracking.uri)
+    runs = [client.get_run(i) for i in (ease, knn)]
+    assert [r.data.tags["val_model"] for r in runs] == ["true", "true"] and "val_model" not in client.get_run(plain).data.tags
+    final, probe = member_models(members.cfg.tracking.uri, runs[:1]), member_models(members.cfg.tracking.uri, runs[:1], True)
+    assert not torch.equal(final[0].B, probe[0].B)  # the refit saw the validation part, the probe did not
+
+    cfg = ensemble_config(tmp_path / "s", members, [f"runs=[{ease},{knn}]", "method=score_blend", "full_scores=true",
+                                                    "search.method=grid", "search.grid=[0,1]"])
+    run_ensemble(cfg)
+    m = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                           order_by=["attributes.start_time DESC"])[0].data.metrics
+    # each member's own ranking of the validation users, by its probe: the figure its training logged
+    # (the refitted model trained on those users' validation items: its figure would be far higher)
+    assert m["val_held_users"] > 0
+    guard = sorted(m[f"val_held_recall_at_10_member{i}"] for i in range(2))  # members: best on validation first
+    assert guard == pytest.approx(sorted(r.data.metrics["val_recall_at_10"] for r in runs), abs=1e-9)
+
+    with pytest.raises(ConfigError, match=f"`full_scores`.*save_val_model=true.*{plain} \\(ease: refit\\)"):
+        run_ensemble(ensemble_config(tmp_path / "p", members, [f"runs=[{ease},{plain}]", "method=score_blend",
+                                                               "full_scores=true", "search.method=grid"]))
 
 
 @pytest.mark.parametrize("method", ["rank_vote", "rrf", "score_blend"])
