@@ -161,13 +161,17 @@ def open_data(job: Job, run) -> tuple[PreparedData, ReleaseYearFilter | None]:
     return data, item_filter
 
 
-def check_memory(model: Recommender, data: PreparedData) -> None:
+def check_memory(model: Recommender, data: PreparedData, keeps_probe: bool = False) -> None:
     """Say it before the work: a model whose matrices cannot fit in the memory left stops here, in
-    one line, with the figure and what helps; one that takes more than half of it is warned about."""
+    one line, with the figure and what helps; one that takes more than half of it is warned about.
+    `keeps_probe`: the model fitted without the validation part is held through the refit
+    (save_val_model), one more items x items matrix."""
     need = model.memory_needed(Schema.from_data(data))
     free = available_memory()
     if need is None or free is None:
         return
+    if keeps_probe:
+        need = (need[0] + data.n_items ** 2 * 4, f"save_val_model=false, {need[1]}")
     gb = f"about {need[0] / 2**30:.1f} GB for its {data.n_items:,} x {data.n_items:,} item matrices, " \
          f"{free / 2**30:.1f} GB available"
     if need[0] > free:
@@ -235,7 +239,7 @@ def train(cfg: DictConfig) -> float | None:
                    bool(cfg.tracking.enabled) and rank_zero, overlap=True, resume=cfg.get("resume")) as run:
         try:
             data, item_filter = open_data(job, run)
-            check_memory(job.model, data)
+            check_memory(job.model, data, job.mode == "refit" and bool(cfg.get("save_val_model")))
             tune(job, data, run)
             torch.manual_seed(int(cfg.seed))  # initial weights of gradient models
             if job.prefitted:

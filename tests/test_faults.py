@@ -471,3 +471,19 @@ def test_a_model_that_cannot_fit_in_memory_stops_before_the_fit_naming_the_figur
     monkeypatch.setattr(pipeline, "fit_model", lambda *a, **k: pytest.fail("fitted"))
     with pytest.raises(ConfigError, match=r"EASE needs about .* GB for its .* item matrices.*try .*fewer items"):
         train(config(tmp_path, tiny_dir, "model=ease", "tune=false"))
+
+
+def test_the_memory_check_counts_the_probe_a_refit_keeps_for_save_val_model(monkeypatch):
+    import recmovie.pipeline as pipeline
+    from recmovie.models.linear import EASE
+    from recmovie.schema import Schema
+    from tests.ensemble.helpers import tiny_data
+
+    data = tiny_data({0: [0, 1], 1: [2]}, n_items=100)
+    model = EASE()
+    need = model.memory_needed(Schema.from_data(data))[0]
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 2 * need + 1)  # the fit alone: no warning, no error
+    pipeline.check_memory(model, data)
+    with pytest.raises(ConfigError, match=r"`model`: EASE needs about .* try save_val_model=false, "):
+        monkeypatch.setattr(pipeline, "available_memory", lambda: need + 100 ** 2 * 4 - 1)
+        pipeline.check_memory(model, data, keeps_probe=True)  # one more 100 x 100 float32 matrix
