@@ -238,40 +238,42 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
     """score_blend over every item of the members' reloaded models. Weights are searched on the
     validation part with the models fitted without it (a refit member's val_model.pt), then blend
     the final models' scores, as the candidate blends learn on validation candidates."""
-    k, chunk, head = int(cfg.eval.k), int(cfg.get("chunk_size", 1024)), cfg.get("full_scores_head")
-    models = member_models(m.uri, m.members)
-    weights, search = m.weights, {}
-    if weights is None:
-        saw = [f"{r.info.run_id} ({model_of(r)}: {r.data.tags.get('fit_mode')})" for r in m.members
-               if r.data.tags.get("fit_mode") != "validate" and r.data.tags.get("val_model") != "true"]
-        if saw:
-            raise ConfigError("full_scores", "searching weights on full scores needs each member's model fitted "
-                              "without the validation part (train refit members with save_val_model=true); "
-                              "these have none: " + ", ".join(saw))
-        users = np.unique(m.val_data.holdout.user).astype(np.int64)
-        rows = FullScoreRows(member_models(m.uri, m.members, validation=True), m.val_data, users, chunk, head)
-        found = search_folds(lambda learning: rows.objective(np.flatnonzero(np.isin(users, learning)), k), users,
-                             search_held(users, cfg.search), len(models), cfg.search)
-        weights = found.weights
-        verdict = full_score_verdict(rows, found.fold_weights,
-                                     [np.flatnonzero(np.isin(users, out)) for out in found.held], k)
-        names = member_names(m.members)
-        search = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined,
-                  f"val_search_recall_at_{k}": found.best, "search_trials": found.trials,
-                  "search_folds": len(found.held)}
-        if not verdict.passed and bool(cfg.search.fallback):
-            run = m.members[verdict.best]
-            weights = np.eye(len(models))[verdict.best]  # the member's own order: its scores alone
-            c = Combined(None, weights, search, fallback=f"{run.info.run_id} ({model_of(run)})", searched=found.weights)
-            c.lines = [verdict.line("full-score blend", k, names), f"fallback: submitting {names[verdict.best]}'s own "
-                       f"ranking (run {run.info.run_id}); search.fallback=false submits the blend"]
-        else:
-            c = Combined(None, weights, search, lines=[verdict.line("full-score blend", k, names)], searched=weights)
-    else:
-        c = Combined(None, weights)
-    c.topk = rank(ScoreBlend(models, c.weights, head), m.data, k=int(cfg.candidates.n), chunk_size=chunk,
-                  item_filter=release_year_filter(cfg.get("filter"), m.data))
+    chunk, head = int(cfg.get("chunk_size", 1024)), cfg.get("full_scores_head")
+    c = Combined(None, m.weights) if m.weights is not None else full_score_search(cfg, m, chunk, head)
+    # the final models, loaded once the search's rows are released (EASE's are n_items^2 floats each)
+    c.topk = rank(ScoreBlend(member_models(m.uri, m.members), c.weights, head), m.data, k=int(cfg.candidates.n),
+                  chunk_size=chunk, item_filter=release_year_filter(cfg.get("filter"), m.data))
     return c
+
+
+def full_score_search(cfg: DictConfig, m: Loaded, chunk: int, head: int | None) -> Combined:
+    """The full-score blend's weights, searched fold by fold on the validation users' full rows
+    from the models fitted without the validation part, and the guard's verdict on them."""
+    k, n = int(cfg.eval.k), len(m.members)
+    saw = [f"{r.info.run_id} ({model_of(r)}: {r.data.tags.get('fit_mode')})" for r in m.members
+           if r.data.tags.get("fit_mode") != "validate" and r.data.tags.get("val_model") != "true"]
+    if saw:
+        raise ConfigError("full_scores", "searching weights on full scores needs each member's model fitted "
+                          "without the validation part (train refit members with save_val_model=true); "
+                          "these have none: " + ", ".join(saw))
+    users = np.unique(m.val_data.holdout.user).astype(np.int64)
+    rows = FullScoreRows(member_models(m.uri, m.members, validation=True), m.val_data, users, chunk, head)
+    found = search_folds(lambda learning: rows.objective(np.flatnonzero(np.isin(users, learning)), k), users,
+                         search_held(users, cfg.search), n, cfg.search)
+    verdict = full_score_verdict(rows, found.fold_weights,
+                                 [np.flatnonzero(np.isin(users, out)) for out in found.held], k)
+    names = member_names(m.members)
+    search = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined,
+              f"val_search_recall_at_{k}": found.best, "search_trials": found.trials, "search_folds": len(found.held)}
+    if not verdict.passed and bool(cfg.search.fallback):
+        run = m.members[verdict.best]
+        weights = np.eye(n)[verdict.best]  # the member's own order: its scores alone
+        c = Combined(None, weights, search, fallback=f"{run.info.run_id} ({model_of(run)})", searched=found.weights)
+        c.lines = [verdict.line("full-score blend", k, names), f"fallback: submitting {names[verdict.best]}'s own "
+                   f"ranking (run {run.info.run_id}); search.fallback=false submits the blend"]
+        return c
+    return Combined(None, found.weights, search, lines=[verdict.line("full-score blend", k, names)],
+                    searched=found.weights)
 
 
 def full_score_verdict(rows, fold_weights: list[np.ndarray], held: list[np.ndarray], k: int):
