@@ -254,7 +254,7 @@ def full_score_search(cfg: DictConfig, m: Loaded, chunk: int, head: int | None) 
            if r.data.tags.get("fit_mode") != "validate" and r.data.tags.get("val_model") != "true"]
     if saw:
         raise ConfigError("full_scores", "searching weights on full scores needs each member's model fitted "
-                          "without the validation part (train refit members with save_val_model=true); "
+                          "without the validation part (train them with refit=true save_val_model=true, or split=competition); "
                           "these have none: " + ", ".join(saw))
     users = np.unique(m.val_data.holdout.user).astype(np.int64)
     rows = FullScoreRows(member_models(m.uri, m.members, validation=True), m.val_data, users, chunk, head)
