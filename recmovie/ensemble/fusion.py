@@ -143,8 +143,12 @@ class FullScoreRows:
 
     def top(self, w: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
         """[len(rows), k] items of the blend with weights `w` for the users at `rows`."""
-        total = sum(float(x) * p[rows] for x, p in zip(w, self.rows) if x > 0)
-        _, items = topk_unseen(total.clone(), self.data.user_batch(self.users[rows]), k)
+        at = torch.from_numpy(np.asarray(rows, np.int64))
+        total = torch.zeros(len(at), self.rows[0].shape[1])
+        for x, p in zip(w, self.rows):
+            if x > 0:  # index_select + add_: no weighted copy per member (each search trial reads every row)
+                total.add_(p.index_select(0, at), alpha=float(x))
+        _, items = topk_unseen(total, self.data.user_batch(self.users[rows]), k)
         return items.numpy()
 
     def objective(self, rows: np.ndarray, k: int) -> Callable[[np.ndarray], float]:
