@@ -181,12 +181,9 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
             c.lines.append(f"  {names[verdict.best]} alone may do better: search.method=optuna searches the weights "
                            f"(and falls back to the best member when the search does not beat it)")
     if not verdict.passed and fallback:
-        run = m.members[verdict.best]
-        c.fallback = f"{run.info.run_id} ({model_of(run)})"
-        c.lines.append(f"fallback: submitting {names[verdict.best]}'s own list (run {run.info.run_id}); "
-                       f"{'rerank' if cfg.method == 'rerank' else 'search'}.fallback=false submits the combination")
+        fall_back(c, m.members, verdict.best, names, "list",
+                  f"{'rerank' if cfg.method == 'rerank' else 'search'}.fallback=false submits the combination")
         fused = -pool.ranks[:, verdict.best]
-        c.weights = np.eye(len(m.members))[verdict.best]
     c.topk, c.filled = ranked_lists(pool, fused, m.data, depth, k)
     return c
 
@@ -249,7 +246,7 @@ def full_score_blend(cfg: DictConfig, m: Loaded) -> Combined:
 def full_score_search(cfg: DictConfig, m: Loaded, chunk: int, head: int | None) -> Combined:
     """The full-score blend's weights, searched fold by fold on the validation users' full rows
     from the models fitted without the validation part, and the guard's verdict on them."""
-    k, n = int(cfg.eval.k), len(m.members)
+    k = int(cfg.eval.k)
     saw = [f"{r.info.run_id} ({model_of(r)}: {r.data.tags.get('fit_mode')})" for r in m.members
            if r.data.tags.get("fit_mode") != "validate" and r.data.tags.get("val_model") != "true"]
     if saw:
@@ -259,21 +256,26 @@ def full_score_search(cfg: DictConfig, m: Loaded, chunk: int, head: int | None) 
     users = np.unique(m.val_data.holdout.user).astype(np.int64)
     rows = FullScoreRows(member_models(m.uri, m.members, validation=True), m.val_data, users, chunk, head)
     found = search_folds(lambda learning: rows.objective(np.flatnonzero(np.isin(users, learning)), k), users,
-                         search_held(users, cfg.search), n, cfg.search)
+                         search_held(users, cfg.search), len(m.members), cfg.search)
     verdict = full_score_verdict(rows, found.fold_weights,
                                  [np.flatnonzero(np.isin(users, out)) for out in found.held], k)
     names = member_names(m.members)
     search = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined,
               f"val_search_recall_at_{k}": found.best, "search_trials": found.trials, "search_folds": len(found.held)}
-    if not verdict.passed and bool(cfg.search.fallback):
-        run = m.members[verdict.best]
-        weights = np.eye(n)[verdict.best]  # the member's own order: its scores alone
-        c = Combined(None, weights, search, fallback=f"{run.info.run_id} ({model_of(run)})", searched=found.weights)
-        c.lines = [verdict.line("full-score blend", k, names), f"fallback: submitting {names[verdict.best]}'s own "
-                   f"ranking (run {run.info.run_id}); search.fallback=false submits the blend"]
-        return c
-    return Combined(None, found.weights, search, lines=[verdict.line("full-score blend", k, names)],
-                    searched=found.weights)
+    c = Combined(None, found.weights, search, lines=[verdict.line("full-score blend", k, names)],
+                 searched=found.weights)
+    if not verdict.passed and bool(cfg.search.fallback):  # the member's own order: its scores alone
+        fall_back(c, m.members, verdict.best, names, "ranking", "search.fallback=false submits the blend")
+    return c
+
+
+def fall_back(c: Combined, members: list, best: int, names: list[str], what: str, off: str) -> None:
+    """The guard refused the combination: submit member `best`'s own `what` (list or ranking) instead,
+    say so (with `off`, how to turn it off) and weigh that member alone."""
+    run = members[best]
+    c.fallback = f"{run.info.run_id} ({model_of(run)})"
+    c.lines.append(f"fallback: submitting {names[best]}'s own {what} (run {run.info.run_id}); {off}")
+    c.weights = np.eye(len(members))[best]
 
 
 def full_score_verdict(rows, fold_weights: list[np.ndarray], held: list[np.ndarray], k: int):

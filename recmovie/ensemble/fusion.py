@@ -139,24 +139,25 @@ class FullScoreRows:
             self.rows = [torch.cat([standardised(m.score(b).float(), b, head) for b in
                                     (data.user_batch(users[s : s + chunk]) for s in range(0, len(users), chunk))])
                          for m in models]
-        self.batch = data.user_batch(users)
 
-    def top(self, w: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-        """[len(rows), k] items of the blend with weights `w` for the users at `rows`."""
+    def top(self, w: np.ndarray, rows: np.ndarray, k: int, batch: UserBatch | None = None) -> np.ndarray:
+        """[len(rows), k] items of the blend with weights `w` for the users at `rows` (`batch`: their
+        histories, when the caller already has them)."""
         at = torch.from_numpy(np.asarray(rows, np.int64))
         total = torch.zeros(len(at), self.rows[0].shape[1])
         for x, p in zip(w, self.rows):
             if x > 0:  # index_select + add_: no weighted copy per member (each search trial reads every row)
                 total.add_(p.index_select(0, at), alpha=float(x))
-        _, items = topk_unseen(total, self.data.user_batch(self.users[rows]), k)
+        _, items = topk_unseen(total, batch if batch is not None else self.data.user_batch(self.users[rows]), k)
         return items.numpy()
 
     def objective(self, rows: np.ndarray, k: int) -> Callable[[np.ndarray], float]:
         """Recall@k, on the holdout of the users at `rows`, of the blend with weights w."""
         users = self.users[rows]
         holdout = self.data.holdout.of_users(users)
+        batch = self.data.user_batch(users)  # once, not per trial
 
         def recall(w: np.ndarray) -> float:
-            return evaluate(self.top(w, rows, k), users, holdout, self.data.n_users, k)[f"recall_at_{k}"]
+            return evaluate(self.top(w, rows, k, batch), users, holdout, self.data.n_users, k)[f"recall_at_{k}"]
 
         return recall
