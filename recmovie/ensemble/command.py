@@ -26,12 +26,12 @@ from recmovie.ensemble.fusion import METHODS, FullScoreRows, ScoreBlend, fuse, p
 from recmovie.ensemble.members import (
     check_members, find_members, member_lists, member_models, member_table, member_weights, members_data,
 )
-from recmovie.ensemble.guard import compare, held_out_folds, judge, pool_recall, verdict_metrics
+from recmovie.ensemble.guard import Verdict, compare_lists, held_out_folds, judge, pool_recall, verdict_metrics
 from recmovie.ensemble.pool import Pool, build_pool, ranked_lists
 from recmovie.ensemble.rerank import Ranker, check_rerank_config, fit_ranker_on, save_ranker
 from recmovie.ensemble.search import check_search_config, search_folds
 from recmovie.errors import ConfigError
-from recmovie.evaluation.metrics import evaluate, user_recalls
+from recmovie.evaluation.metrics import evaluate
 from recmovie.evaluation.ranking import TopK, rank, release_year_filter
 from recmovie.io import atomic_path
 from recmovie.runs import PER_MODEL, model_of
@@ -173,10 +173,10 @@ def combine(cfg: DictConfig, m: Loaded) -> Combined:
     c = Combined(None, weights, figures, ranker, searched=weights if search_figures else None)
     names = member_names(m.members)
     if learns(cfg):
-        c.lines = pool_lines(c.search) + [verdict.line(cfg.method, k, names)]
+        c.lines = pool_lines(c.search) + verdict_lines(verdict, cfg.method, k, names)
     else:
-        c.lines = pool_lines(c.search) + [verdict.line(f"{cfg.method} (weights given)", k, names, "validation users",
-                                                       "better than the best member")]
+        c.lines = pool_lines(c.search) + verdict_lines(verdict, f"{cfg.method} (weights given)", k, names,
+                                                       "validation users", "better than the best member")
         if not verdict.passed:
             c.lines.append(f"  {names[verdict.best]} alone may do better: search.method=optuna searches the weights "
                            f"(and falls back to the best member when the search does not beat it)")
@@ -224,6 +224,12 @@ def with_holdout(data: PreparedData, users: np.ndarray) -> PreparedData:
     return out
 
 
+def verdict_lines(verdict: Verdict, name: str, k: int, names: list[str], *how: str) -> list[str]:
+    """The guard's line, then (with a hidden part) the parts' figures on the same users, indented."""
+    parts = verdict.parts_line(names)
+    return [verdict.line(name, k, names, *how)] + ([f"  {parts}"] if parts else [])
+
+
 def pool_lines(figures: dict) -> list[str]:
     """The candidate pools' recall: the ceiling of any combination of these members' lists."""
     test = figures["pool_recall"]
@@ -262,7 +268,7 @@ def full_score_search(cfg: DictConfig, m: Loaded, chunk: int, head: int | None) 
     names = member_names(m.members)
     search = {**verdict_metrics(verdict, k), f"val_recall_at_{k}": verdict.combined,
               f"val_search_recall_at_{k}": found.best, "search_trials": found.trials, "search_folds": len(found.held)}
-    c = Combined(None, found.weights, search, lines=[verdict.line("full-score blend", k, names)],
+    c = Combined(None, found.weights, search, lines=verdict_lines(verdict, "full-score blend", k, names),
                  searched=found.weights)
     if not verdict.passed and bool(cfg.search.fallback):  # the member's own order: its scores alone
         fall_back(c, m.members, verdict.best, names, "ranking", "search.fallback=false submits the blend")
@@ -278,16 +284,17 @@ def fall_back(c: Combined, members: list, best: int, names: list[str], what: str
     c.weights = np.eye(len(members))[best]
 
 
-def full_score_verdict(rows, fold_weights: list[np.ndarray], held: list[np.ndarray], k: int):
+def full_score_verdict(rows, fold_weights: list[np.ndarray], held: list[np.ndarray], k: int) -> Verdict:
     """The guard on the held-out validation users (`held`: row indices, one array per fold): each
     fold's blend on the users it held out, against each member's own ranking of them."""
-    def per_user(w: np.ndarray, at: np.ndarray) -> np.ndarray:
-        users = rows.users[at]
-        return user_recalls(rows.top(w, at, k), users, rows.data.holdout.of_users(users), rows.data.n_users, k)[1]
+    users = rows.users[np.concatenate(held)]
 
-    blend = np.concatenate([per_user(w, at) for w, at in zip(fold_weights, held)])
-    members = [np.concatenate([per_user(e, at) for at in held]) for e in np.eye(len(rows.rows))]
-    return compare(blend, members)
+    def lists(weights: list[np.ndarray]) -> TopK:  # one weight vector per fold
+        items = np.concatenate([rows.top(w, at, k) for w, at in zip(weights, held)])
+        return TopK(users, items, np.zeros(items.shape, np.float32))
+
+    members = [lists([e] * len(held)) for e in np.eye(len(rows.rows))]
+    return compare_lists([lists(fold_weights), *members], rows.data.holdout.of_users(users), rows.data.n_users, k)
 
 
 def search_held(users: np.ndarray, search: DictConfig) -> list[np.ndarray]:

@@ -2,7 +2,9 @@
 that nothing it learned from saw, against every member's own order of the same candidates; one
 that is not better than the best member by more than the standard error of the difference gives
 way to that member's list (`search.fallback`, `rerank.fallback`). Also the pool's recall: the share
-of the hidden items that any member listed, the ceiling of any re-ranking."""
+of the hidden items that any member listed, the ceiling of any re-ranking. The verdict also
+carries each hidden part's Recall@k (last / random) for the combination and every member: where a
+combination trades one part for the other (`rerank.last_gain`), validation shows it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,8 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recmovie.data.prepare import PreparedData
+from recmovie.data.split import Holdout
 from recmovie.ensemble.pool import Pool, ranked_lists
-from recmovie.evaluation.metrics import user_recalls
+from recmovie.evaluation.metrics import evaluate, user_recalls
+from recmovie.evaluation.ranking import TopK
 
 
 def held_out_users(users: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -59,7 +63,7 @@ class Verdict:
     margin: float  # combined - best member's
     se: float  # standard error of the per-user difference
     users: int
-    figures: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)  # hidden part -> (the combination's Recall@k, each member's)
 
     @property
     def passed(self) -> bool:
@@ -75,6 +79,16 @@ class Verdict:
                 f"best member's ({best}) {self.members[self.best]:.4f}, difference "
                 f"{self.margin:+.4f} ± {self.se:.4f}: {verdict}")
 
+    def parts_line(self, members: list[str]) -> str | None:
+        """The same users' Recall@k on each hidden part: the combination's and the best member's there."""
+        if not self.parts:
+            return None
+        said = []
+        for part, (combined, each) in self.parts.items():
+            best = int(np.argmax(each))
+            said.append(f"{part} {combined:.4f} (best member there: {members[best]} {each[best]:.4f})")
+        return f"parts on the same users: {', '.join(said)}"
+
 
 def judge(pool: Pool, values: np.ndarray, data: PreparedData, users: np.ndarray, k: int) -> Verdict:
     """The combination's order of `pool` (one value per row, higher is better) against each
@@ -83,11 +97,21 @@ def judge(pool: Pool, values: np.ndarray, data: PreparedData, users: np.ndarray,
     rows = np.isin(pool.users, users)
     holdout = data.holdout.of_users(users)
 
-    def per_user(order: np.ndarray) -> np.ndarray:
-        topk, _ = ranked_lists(sub, order, data, k, k)
-        return user_recalls(topk.items, topk.users, holdout, data.n_users, k)[1]
+    lists = [ranked_lists(sub, order, data, k, k)[0]
+             for order in [values[rows], *(-sub.ranks[:, m] for m in range(pool.ranks.shape[1]))]]
+    return compare_lists(lists, holdout, data.n_users, k)
 
-    return compare(per_user(values[rows]), [per_user(-sub.ranks[:, m]) for m in range(pool.ranks.shape[1])])
+
+def compare_lists(lists: list[TopK], holdout: Holdout, n_users: int, k: int) -> Verdict:
+    """The verdict on `holdout`'s users from the combination's lists (first) and each member's."""
+    recalls = [user_recalls(t.items, t.users, holdout, n_users, k)[1] for t in lists]
+    verdict = compare(recalls[0], recalls[1:])
+    figures = [evaluate(t.items, t.users, holdout, n_users, k) for t in lists]
+    for part in ("last", "random"):
+        key = f"recall_at_{k}_{part}"
+        if key in figures[0]:
+            verdict.parts[part] = (figures[0][key], [f[key] for f in figures[1:]])
+    return verdict
 
 
 def compare(combined: np.ndarray, members: list[np.ndarray]) -> Verdict:
@@ -105,4 +129,7 @@ def verdict_metrics(v: Verdict, k: int) -> dict[str, float]:
     out = {f"val_held_recall_at_{k}": v.combined, f"val_held_recall_at_{k}_best_member": v.members[v.best],
            "guard_margin": v.margin, "guard_se": v.se, "guard_passed": float(v.passed), "val_held_users": float(v.users)}
     out.update({f"val_held_recall_at_{k}_member{m}": r for m, r in enumerate(v.members)})
+    for part, (combined, each) in v.parts.items():
+        out[f"val_held_recall_at_{k}_{part}"] = combined
+        out.update({f"val_held_recall_at_{k}_{part}_member{m}": r for m, r in enumerate(each)})
     return out

@@ -29,10 +29,10 @@ class Pool:
         return Pool(self.users[rows], self.items[rows], self.ranks[rows], self.scores[rows], self.top_n)
 
 
-def hidden_rows(pool: Pool, data: PreparedData) -> np.ndarray:
-    """Whether each pool row's (user, item) is in `data`'s holdout."""
+def hidden_rows(pool: Pool, data: PreparedData, part: int | None = None) -> np.ndarray:
+    """Whether each pool row's (user, item) is in `data`'s holdout (only its `part`, a part code, if given)."""
     hidden = data.holdout
-    known = hidden.item >= 0
+    known = (hidden.item >= 0) & (True if part is None else hidden.part == part)
     key = hidden.user[known].astype(np.int64) * data.n_items + hidden.item[known].astype(np.int64)
     return np.isin(pool.users.astype(np.int64) * data.n_items + pool.items, key)
 

@@ -42,6 +42,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from recmovie.data.prepare import PreparedData
+from recmovie.data.split import PART_LAST
 from recmovie.ensemble.guard import held_out_folds
 from recmovie.ensemble.pool import Pool, hidden_rows
 from recmovie.errors import ConfigError
@@ -129,9 +130,25 @@ def sequence_features(pool: Pool, data: PreparedData, window: int, recent: int) 
     return [shares[0], np.sum(shares, axis=0)]
 
 
-def labels(pool: Pool, data: PreparedData) -> np.ndarray:
-    """1 where the pool's pair is in `data`'s holdout, else 0."""
-    return hidden_rows(pool, data).astype(np.int32)
+def labels(pool: Pool, data: PreparedData, last_gain: float = 1.0) -> np.ndarray:
+    """1 where the pool's pair is in `data`'s holdout, else 0; with `last_gain` != 1, 2 where it is in
+    the holdout's last part (`ranker_params` gives label 2 that gain)."""
+    y = hidden_rows(pool, data).astype(np.int32)
+    if last_gain != 1:
+        if not (data.holdout.part == PART_LAST).any():
+            raise ConfigError("rerank.last_gain", "the validation part has no last items to weigh "
+                              "(split@validation=competition with n_last >= 1 hides them); leave it at 1")
+        y[hidden_rows(pool, data, PART_LAST)] = 2
+    return y
+
+
+def ranker_params(cfg) -> dict:
+    """LightGBM's parameters: LambdaRank, early-stopped on NDCG@k, `rerank.params` on top. A hidden item's
+    gain is 1 (label 1), and `rerank.last_gain` for one of the last part (label 2, see `labels`)."""
+    gain = {"label_gain": [0.0, 1.0, float(cfg["last_gain"])]} if float(cfg.get("last_gain", 1)) != 1 else {}
+    return {"objective": "lambdarank", "metric": "ndcg", "eval_at": [int(cfg["k"])], "verbosity": -1,
+            "seed": int(cfg["seed"]), "deterministic": True, "force_col_wise": True, "num_threads": int(cfg["threads"]),
+            **gain, **dict(cfg["params"])}
 
 
 @dataclass
@@ -196,9 +213,7 @@ def fit_ranker(x: np.ndarray, y: np.ndarray, users: np.ndarray, names: list[str]
         raise ConfigError("method", "rerank needs lightgbm: pip install lightgbm") from None
     positives = np.bincount(users, weights=y, minlength=int(users.max(initial=0)) + 1)
     useful = positives[users] > 0
-    k = int(cfg["k"])
-    params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [k], "verbosity": -1, "seed": int(cfg["seed"]),
-              "deterministic": True, "force_col_wise": True, "num_threads": int(cfg["threads"]), **dict(cfg["params"])}
+    k, params = int(cfg["k"]), ranker_params(cfg)
 
     def dataset(mask, reference=None):
         # rows are grouped by user already (the pool is sorted by user, then item)
@@ -243,7 +258,7 @@ def fit_ranker_on(val_pool: Pool, val_data: PreparedData, pool: Pool, data: Prep
                           f"unknown features {sorted(exclude - set(names))}; features: {', '.join(names)}")
     cols = [j for j, name in enumerate(names) if name not in exclude]
     x_val = pair_features(val_pool, val_data, **knobs)[:, cols]
-    ranker = fit_ranker(x_val, labels(val_pool, val_data), val_pool.users, [names[j] for j in cols], {**r, "k": k})
+    ranker = fit_ranker(x_val, labels(val_pool, val_data, float(r["last_gain"])), val_pool.users, [names[j] for j in cols], {**r, "k": k})
     fused = ranker.predict(pair_features(pool, data, **knobs)[:, cols])
     return ranker, ranker.out_of_fold(x_val, val_pool.users), fused
 
@@ -255,6 +270,7 @@ def check_rerank_config(r) -> None:
                           ("sequence_window", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
                           ("recent_items", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
                           ("valid_share", lambda v: 0 < v < 1, "a number in (0, 1)"),
+                          ("last_gain", lambda v: v > 0, "a number > 0"),
                           ("folds", lambda v: isinstance(v, int) and v >= 1, "auto or an integer >= 1"),
                           ("rounds", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
                           ("patience", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
@@ -265,6 +281,8 @@ def check_rerank_config(r) -> None:
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
             raise ConfigError(f"rerank.{key}", f"must be {want}, got {value!r}")
+    if r.get("last_gain") != 1 and "label_gain" in (r.get("params") or {}):
+        raise ConfigError("rerank.last_gain", "rerank.params.label_gain sets the gains as well: set one of the two")
 
 
 def save_ranker(ranker: Ranker, folder: Path) -> list[Path]:

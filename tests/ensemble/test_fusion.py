@@ -137,6 +137,10 @@ def test_a_full_score_search_over_refit_members_reads_their_models_fitted_withou
     assert m["val_held_users"] > 0
     guard = sorted(m[f"val_held_recall_at_10_member{i}"] for i in range(2))  # members: best on validation first
     assert guard == pytest.approx(sorted(r.data.metrics["val_recall_at_10"] for r in runs), abs=1e-9)
+    for i in range(2):  # each hidden part too, member by member
+        (run,) = [r for r in runs if r.data.metrics["val_recall_at_10"] == pytest.approx(m[f"val_held_recall_at_10_member{i}"])]
+        for part in ("last", "random"):
+            assert m[f"val_held_recall_at_10_{part}_member{i}"] == pytest.approx(run.data.metrics[f"val_recall_at_10_{part}"])
 
     with pytest.raises(ConfigError, match=f"`full_scores`.*save_val_model=true.*{plain} \\(ease: refit\\)"):
         run_ensemble(ensemble_config(tmp_path / "p", members, [f"runs=[{ease},{plain}]", "method=score_blend",

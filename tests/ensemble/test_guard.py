@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from recmovie.data.split import Holdout
-from recmovie.ensemble.guard import FOLDS_BELOW, held_out_folds, held_out_users, judge, pool_recall
+from recmovie.data.split import PART_GIVEN, PART_LAST, PART_RANDOM, Holdout
+from recmovie.ensemble.guard import FOLDS_BELOW, held_out_folds, held_out_users, judge, pool_recall, verdict_metrics
 from recmovie.ensemble.pool import build_pool
 from tests.ensemble.helpers import lists, tiny_data
 
@@ -54,3 +54,20 @@ def test_the_verdict_compares_the_combination_with_the_best_member_per_user():
     assert better.combined == 1.0 and better.margin == 0.25 and better.passed is False  # one user of four: se 0.25
     assert "not better than the best member" in better.line("rrf", 1)
     assert "best member's (ease 0123abcd) 0.7500" in better.line("rrf", 1, ["ease 0123abcd", "als 4567ef01"])
+
+
+def test_the_verdict_gives_each_hidden_part_for_the_combination_and_every_member():
+    data, pool = data_with_truth()
+    # users 0-3 each hide item u as their last part; users 0 and 1 also item 4 as a random one
+    data.holdout = Holdout(np.array([0, 1, 2, 3, 0, 1], np.int32), np.array([0, 1, 2, 3, 4, 4], np.int32),
+                           np.array([PART_LAST] * 4 + [PART_RANDOM] * 2, np.int8))
+    v = judge(pool, -pool.ranks[:, 0], data, np.arange(4), k=1)  # member 0's order: items 0, 1, 2, 5
+    assert v.parts == {"last": (0.75, [0.75, 0.25]), "random": (0.0, [0.0, 1.0])}  # member 1's: 4, 4, 4, 3
+    assert v.parts_line(["a", "b"]) == ("parts on the same users: last 0.7500 (best member there: a 0.7500), "
+                                        "random 0.0000 (best member there: b 1.0000)")
+    m = verdict_metrics(v, 1)
+    assert m["val_held_recall_at_1_last"] == 0.75 and m["val_held_recall_at_1_random_member1"] == 1.0
+    data.holdout.part[:] = PART_GIVEN  # a given holdout has no parts
+    given = judge(pool, -pool.ranks[:, 0], data, np.arange(4), k=1)
+    assert given.parts == {} and given.parts_line(["a", "b"]) is None
+    assert not any(key.endswith(("_last", "_random")) for key in verdict_metrics(given, 1))

@@ -8,7 +8,7 @@ import pytest
 
 from recmovie.data.dataset import build_dataset
 from recmovie.data.prepare import PreparedData
-from recmovie.data.split import Holdout
+from recmovie.data.split import PART_LAST, PART_RANDOM, Holdout
 from recmovie.ensemble.command import run_ensemble
 from recmovie.ensemble.pool import build_pool
 from recmovie.ensemble.rerank import CONTEXT_FEATURES, feature_names, labels, pair_features
@@ -137,3 +137,53 @@ def test_folded_rankers_hold_out_every_user_once_and_the_guard_sees_each_by_the_
     assert ranker.importances()["a"] > ranker.importances()["c"]
     single = fit_ranker(x, y, users, ["a", "b", "c"], {**cfg, "folds": 1})
     assert len(single.boosters) == 1 and len(single.held_users) == 12  # valid_share of 60
+
+
+def test_last_gain_labels_the_last_part_2_and_refuses_a_validation_part_without_one():
+    data = data_with_history()
+    data.holdout = Holdout(np.array([0, 1], np.int32), np.array([3, 3], np.int32), np.array([PART_LAST, PART_RANDOM], np.int8))
+    member = pd.DataFrame({"user": [0, 0, 1], "item": [2, 3, 3], "rank": [1, 2, 1], "score": [1.0, 0.0, 1.0]})
+    pool = build_pool([member], data.n_items, top_n=2)  # rows (0, 2), (0, 3), (1, 3)
+    assert labels(pool, data).tolist() == labels(pool, data, 1.0).tolist() == [0, 1, 1]
+    assert labels(pool, data, 3.0).tolist() == [0, 2, 1]
+    data.holdout.part[:] = PART_RANDOM
+    with pytest.raises(ConfigError, match="`rerank.last_gain`: the validation part has no last items"):
+        labels(pool, data, 3.0)
+
+
+def test_last_gain_moves_the_rankers_places_from_the_random_part_to_the_last():
+    """Feature a finds each user's random hidden items surely, feature b the last ones loosely: with
+    both worth the same the ranker's top 2 follow a; with the last part worth ten times, b."""
+    from recmovie.ensemble.rerank import fit_ranker
+
+    rng = np.random.default_rng(3)
+    n_users, n = 300, 20
+    users = np.repeat(np.arange(n_users), n)
+    y = np.tile(np.r_[1, 1, 2, 2, np.zeros(n - 4, int)], n_users).astype(np.int32)
+    a = rng.normal(size=len(y)) + 3.0 * (y == 1)
+    b = rng.normal(size=len(y)) + 1.5 * (y == 2)
+    x = np.column_stack([a, b, rng.normal(size=len(y))]).astype(np.float32)
+    cfg = {"folds": 1, "valid_share": 0.2, "seed": 1, "k": 2, "threads": 1, "rounds": 60, "patience": 20,
+           "params": {"num_leaves": 3, "min_data_in_leaf": 20}}
+
+    def last_share_of_top2(gain: float) -> float:
+        given = y if gain != 1 else np.minimum(y, 1)  # as `labels` gives them
+        values = fit_ranker(x, given, users, ["a", "b", "c"], {**cfg, "last_gain": gain}).predict(x)
+        top = np.argsort(-values.reshape(n_users, n), axis=1)[:, :2]
+        return float((y.reshape(n_users, n)[np.arange(n_users)[:, None], top] == 2).mean())
+
+    alike, last = last_share_of_top2(1.0), last_share_of_top2(10.0)
+    assert alike < 0.2 and last > 0.5
+
+
+def test_last_gain_is_checked_by_its_key():
+    from recmovie.ensemble.rerank import check_rerank_config
+
+    base = {"recent_share": 0.1, "window_days": 30, "sequence_window": 3, "recent_items": 5, "valid_share": 0.2,
+            "folds": "auto", "rounds": 10, "patience": 5, "threads": 1, "seed": 1, "params": {}}
+    check_rerank_config({**base, "last_gain": 2.5})
+    with pytest.raises(ConfigError, match=r"`rerank.last_gain`: must be a number > 0, got 0"):
+        check_rerank_config({**base, "last_gain": 0})
+    with pytest.raises(ConfigError, match="`rerank.last_gain`: rerank.params.label_gain sets the gains as well"):
+        check_rerank_config({**base, "last_gain": 2, "params": {"label_gain": [0, 1, 5]}})
+    check_rerank_config({**base, "last_gain": 1, "params": {"label_gain": [0, 1, 5]}})
