@@ -12,6 +12,7 @@ the rank it gave the item, from 1):
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -21,7 +22,11 @@ from recmovie.data.batches import UserBatch
 from recmovie.data.prepare import PreparedData
 from recmovie.ensemble.pool import Pool, group_starts, hidden_rows, position_in_group, ranked_lists, standardised
 from recmovie.evaluation.metrics import evaluate
+from recmovie.errors import ConfigError
 from recmovie.evaluation.ranking import topk_unseen
+from recmovie.selection import available_memory
+
+log = logging.getLogger(__name__)
 
 METHODS = ("rank_vote", "rrf", "score_blend", "rerank")
 
@@ -129,14 +134,33 @@ class ScoreBlend(torch.nn.Module):
                    for m, w in zip(self.members, self.weights) if w > 0)
 
 
+def rows_dtype(n_members: int, n_users: int, n_items: int, free: int | None) -> torch.dtype:
+    """float32 for the search's rows where they take at most half the memory available; float16
+    (half the bytes, a trial about 1.6x slower: RESULTS#full-score-memory) where that fits in 90% of
+    it; otherwise one line saying what it would take and what helps."""
+    need = n_members * n_users * n_items * 4
+    if free is None or need <= free / 2:
+        return torch.float32
+    gb = f"{n_members} members x {n_users:,} validation users x {n_items:,} items"
+    if need / 2 > free * 0.9:
+        raise ConfigError("full_scores", f"the weight search holds every validation user's full rows: {gb} take "
+                          f"{need / 2 / 2**30:.1f} GB even in float16, {free / 2**30:.1f} GB available: fewer members, "
+                          f"weights given (search.method=null), or the candidate blend (full_scores=false)")
+    log.warning("full-score search: %s take %.1f GB in float32, %.1f GB available: kept in float16 (%.1f GB)",
+                gb, need / 2**30, free / 2**30, need / 2 / 2**30)
+    return torch.float16
+
+
 class FullScoreRows:
     """Each member's full score rows of `users` (validation users), standardised per user as the
-    blend does (`head`), computed once: what a full-score weight search and its guard read."""
+    blend does (`head`), computed once: what a full-score weight search and its guard read. Kept
+    in float16 where float32 would not fit (`rows_dtype`); blended in float32 either way."""
 
     def __init__(self, models: list, data: PreparedData, users: np.ndarray, chunk: int, head: int | None):
         self.data, self.users = data, users
+        dtype = rows_dtype(len(models), len(users), data.n_items, available_memory())
         with torch.no_grad():
-            self.rows = [torch.cat([standardised(m.score(b).float(), b, head) for b in
+            self.rows = [torch.cat([standardised(m.score(b).float(), b, head).to(dtype) for b in
                                     (data.user_batch(users[s : s + chunk]) for s in range(0, len(users), chunk))])
                          for m in models]
 

@@ -178,3 +178,41 @@ def test_the_weight_search_objective_equals_ranking_then_scoring(method):
         topk, _ = ranked_lists(pool, fuse(pool, method, w, 60.0), data, k, k)
         expected = evaluate(topk.items, topk.users, data.holdout, data.n_users, k)[f"recall_at_{k}"]
         assert objective(w) == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_search_rows_fall_to_float16_where_float32_would_not_fit_and_rank_the_same(monkeypatch):
+    import recmovie.ensemble.fusion as fusion
+    from recmovie.ensemble.fusion import FullScoreRows, rows_dtype
+
+    gb = 2**30
+    assert rows_dtype(4, 20_000, 12_000, 16 * gb) == torch.float32  # 3.6 GB: under half of 16
+    assert rows_dtype(4, 20_000, 12_000, 5 * gb) == torch.float16  # 1.8 GB in float16
+    assert rows_dtype(4, 20_000, 12_000, None) == torch.float32  # memory unknown: as before
+    with pytest.raises(ConfigError, match=r"`full_scores`: .*4 members x 20,000 validation users x 12,000 items "
+                                          r"take 1\.8 GB even in float16, 1\.5 GB available"):
+        rows_dtype(4, 20_000, 12_000, int(1.5 * gb))
+
+    class Fixed:  # a member whose scores are given
+        def __init__(self, scores: np.ndarray):
+            self.scores = torch.as_tensor(scores, dtype=torch.float32)
+
+        def score(self, batch):
+            return self.scores[batch.users]
+
+    rng = np.random.default_rng(0)
+    data = tiny_data({u: [u % 7] for u in range(30)}, n_items=40)
+    models = [Fixed(rng.normal(size=(30, 40))), Fixed(rng.gamma(2.0, size=(30, 40)))]
+    users, rows = np.arange(30), np.arange(30)
+    wide = FullScoreRows(models, data, users, chunk=8, head=10)
+    monkeypatch.setattr(fusion, "available_memory", lambda: 2 * 30 * 40 * 4 - 1)  # float32 would take it all
+    narrow = FullScoreRows(models, data, users, chunk=8, head=10)
+    assert [r.dtype for r in wide.rows] == [torch.float32] * 2 and [r.dtype for r in narrow.rows] == [torch.float16] * 2
+    seen = np.zeros((30, 40), bool)
+    seen[np.arange(30), np.arange(30) % 7] = True
+    for w in ([1.0, 0.0], [0.3, 0.7], [1.0, 2.0]):
+        exact = np.where(seen, -np.inf, sum(x * r.numpy() for x, r in zip(w, wide.rows)))
+        tenth = np.sort(exact, axis=1)[:, -10]
+        picked = np.take_along_axis(exact, narrow.top(np.array(w), rows, 10), axis=1)
+        # float16 keeps about three digits: an item it lists is in the true top 10 up to that rounding
+        assert (picked.min(axis=1) >= tenth - 0.01 * sum(w)).all()
+        assert (narrow.top(np.array(w), rows, 10) == wide.top(np.array(w), rows, 10)).all(axis=1).mean() >= 0.8
