@@ -116,7 +116,7 @@ def main() -> None:
     n_members = len(args.members)
     best = max(rows[:n_members], key=lambda r: r["hidden"]["recall"]["all"])
     print(f"\n{args.bench.name}: members {args.members}, top_n {args.top_n}, split=none refit=true; store {uri}")
-    print("| run | validation R@10 | hidden R@10 (± se) | last | random | NDCG@10 | x best member | seconds |")
+    print("| run | validation R@10; last / random | hidden R@10 (± se) | last | random | NDCG@10 | x best member | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         h = r["hidden"]
@@ -125,14 +125,15 @@ def main() -> None:
               f"{h['recall']['all'] / best['hidden']['recall']['all']:.3f} | {r['seconds']:.1f} |", flush=True)
     print(f"best member: {best['name']}; seconds: members = train(), ensembles = ensemble.py (search included); "
           "validation R@10: what selects (a member's on the whole validation part; a combination's on the "
-          "validation users its guard held out, with its margin over the best member there)")
+          "validation users its guard held out, with its margin over the best member there), then its two parts")
     if args.slot_mix:
         slot_mix(args, work, n_members)
 
 
 def validation(uri: str, run_id: str | None) -> str:
-    """A run's validation Recall@10 as its MLflow run logged it (and a combination's guard margin):
-    the figure that chooses between member sets, beside the hidden one that only reports."""
+    """A run's validation Recall@10 as its MLflow run logged it (and a combination's guard margin), then
+    its last / random parts: the figures that choose (member sets, `rerank.last_gain`), beside the
+    hidden ones that only report."""
     if run_id is None:
         return ""
     import mlflow
@@ -141,7 +142,9 @@ def validation(uri: str, run_id: str | None) -> str:
     if "val_recall_at_10" not in m:
         return ""
     margin = f" ({m['guard_margin']:+.4f} ± {m['guard_se']:.4f})" if "guard_margin" in m else ""
-    return f"{m['val_recall_at_10']:.4f}{margin}"
+    # the parts on the same users: a combination's held-out ones, a member's whole validation part
+    parts = [m.get(f"val_held_recall_at_10_{p}", m.get(f"val_recall_at_10_{p}")) for p in ("last", "random")]
+    return f"{m['val_recall_at_10']:.4f}{margin}" + ("" if None in parts else f"; {parts[0]:.4f} / {parts[1]:.4f}")
 
 
 def slot_mix(args, work: Path, n_members: int) -> None:
