@@ -137,7 +137,8 @@ def labels(pool: Pool, data: PreparedData, last_gain: float = 1.0) -> np.ndarray
     if last_gain != 1:
         if not (data.holdout.part == PART_LAST).any():
             raise ConfigError("rerank.last_gain", "the validation part has no last items to weigh "
-                              "(split@validation=competition with n_last >= 1 hides them); leave it at 1")
+                              "(the members' validation carve hides them with split@validation=competition "
+                              "and validation.n_last >= 1); leave it at 1")
         y[hidden_rows(pool, data, PART_LAST)] = 2
     return y
 
