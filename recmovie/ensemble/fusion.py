@@ -136,7 +136,7 @@ class ScoreBlend(torch.nn.Module):
 
 def rows_dtype(n_members: int, n_users: int, n_items: int, free: int | None) -> torch.dtype:
     """float32 for the search's rows where they take at most half the memory available; float16
-    (half the bytes, a trial about 1.6x slower: RESULTS#full-score-memory) where that fits in 90% of
+    (half the bytes, each search trial slower: RESULTS#full-score-memory) where that fits in 90% of
     it; otherwise one line saying what it would take and what helps."""
     need = n_members * n_users * n_items * 4
     if free is None or need <= free / 2:
