@@ -159,10 +159,14 @@ class FullScoreRows:
     def __init__(self, models: list, data: PreparedData, users: np.ndarray, chunk: int, head: int | None):
         self.data, self.users = data, users
         dtype = rows_dtype(len(models), len(users), data.n_items, available_memory())
+        self.rows = []
         with torch.no_grad():
-            self.rows = [torch.cat([standardised(m.score(b).float(), b, head).to(dtype) for b in
-                                    (data.user_batch(users[s : s + chunk]) for s in range(0, len(users), chunk))])
-                         for m in models]
+            for m in models:  # filled chunk by chunk: no second copy of a member's rows, as a cat would hold
+                rows = torch.empty(len(users), data.n_items, dtype=dtype)
+                for s in range(0, len(users), chunk):
+                    b = data.user_batch(users[s : s + chunk])
+                    rows[s : s + chunk] = standardised(m.score(b).float(), b, head)
+                self.rows.append(rows)
 
     def top(self, w: np.ndarray, rows: np.ndarray, k: int, batch: UserBatch | None = None) -> np.ndarray:
         """[len(rows), k] items of the blend with weights `w` for the users at `rows` (`batch`: their
